@@ -1,0 +1,1 @@
+"""homelab services: one package per service."""

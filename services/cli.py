@@ -1,0 +1,34 @@
+"""``homelab``: the lab's command line (embedded stack, simulated upstreams, one service at a time)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from services import up
+from services.sim_upstream import cli as sim_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "router":
+        from services.router.cli import main as router_main
+
+        return router_main(argv[1:])
+    ap = argparse.ArgumentParser(prog="homelab", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sim = sub.add_parser("sim-upstream", help="run a simulated OpenAI-compatible upstream")
+    sim_cli.add_arguments(sim)
+    u = sub.add_parser("up", help="run the embedded default: simulated upstreams and the router")
+    up.add_arguments(u)
+    sub.add_parser("router", help="run homelab-router (same flags as homelab-router)")
+    a = ap.parse_args(argv)
+    if a.cmd == "sim-upstream":
+        return sim_cli.run(a)
+    if a.cmd == "up":
+        return up.run(a)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,372 @@
+"""homelab-router's HTTP app: OpenAI shim, metrics, admin API; owns its clients through lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from services.router.decide import Router, check_examples
+from services.router.errors import PolicyError, RequestError, error_body
+from services.router.metrics import Metrics
+from services.router.policy import Policy, load_policy
+from services.router.preflight import EmbeddingsRequest, preflight
+from services.router.proxy import JSON, Ctx, Dispatcher
+from services.router.state import RouteState
+from shared.jsonl import JsonlWriter, log_dir
+
+log = logging.getLogger("homelab.router")
+
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+
+
+def compile_policy(policy: Policy) -> Router:
+    """A policy ready to serve: golden cases must pass, or it is rejected."""
+    router = Router(policy)
+    failures = check_examples(router)
+    if failures:
+        raise PolicyError("golden cases failed: " + "; ".join(failures))
+    return router
+
+
+@dataclass
+class RouterSettings:
+    policy_path: Path
+    admin_token: str | None = None
+    log_dir: Path = field(default_factory=log_dir)
+    max_body: int = DEFAULT_MAX_BODY
+    probes: bool = True
+
+    @classmethod
+    def from_env(cls, policy_path: Path) -> RouterSettings:
+        return cls(
+            policy_path=policy_path,
+            admin_token=os.environ.get("HOMELAB_ADMIN_TOKEN") or None,
+            log_dir=log_dir(),
+            max_body=int(os.environ.get("HOMELAB_MAX_BODY_BYTES", DEFAULT_MAX_BODY)),
+        )
+
+
+class RouterService:
+    """The router's live state: the compiled policy (swapped atomically on reload) and per-route state."""
+
+    def __init__(self, settings: RouterSettings, router: Router) -> None:
+        self.settings = settings
+        self.router = router
+        self.states: dict[str, RouteState] = {name: RouteState(name) for name in router.policy.routes}
+        self.metrics = Metrics(self._route_rows)
+        d = settings.log_dir
+        self.decisions = JsonlWriter(d / "router-decisions.jsonl")
+        self.failures = JsonlWriter(d / "upstream-failures.jsonl")
+        self.recoveries = JsonlWriter(d / "recovery-events.jsonl")
+        self.validations = JsonlWriter(d / "structured-validation.jsonl")
+        self.session: aiohttp.ClientSession | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.poison_listeners: list[Callable[[str, str], Awaitable[None]]] = []
+        self._recover_locks: dict[str, asyncio.Lock] = {}
+        self.started = time.time()
+
+    def _route_rows(self) -> list[tuple[RouteState, int]]:
+        routes = self.router.policy.routes
+        return [(st, routes[n].max_concurrency) for n, st in self.states.items() if n in routes]
+
+    async def _on_poisoned(self, route: str, detail: str) -> None:
+        for listener in self.poison_listeners:
+            try:
+                await listener(route, detail)
+            except Exception:  # a listener must never break the request path
+                log.exception("poison listener failed for %s", route)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                         skip_auto_headers=("User-Agent",)) as session:
+            self.session = session
+            self.dispatcher = Dispatcher(session, lambda: self.states, self.metrics, self.decisions,
+                                         self.failures, self.validations, self._on_poisoned)
+            async with asyncio.TaskGroup() as tg:
+                probe = tg.create_task(self._probe_loop(), name="router-health-probes") \
+                    if self.settings.probes else None
+                try:
+                    yield
+                finally:
+                    if probe is not None:
+                        probe.cancel()
+        for w in (self.decisions, self.failures, self.recoveries, self.validations):
+            w.close()
+
+    # ---- health probes ---------------------------------------------------------------------
+
+    async def probe_once(self) -> None:
+        policy = self.router.policy
+        await asyncio.gather(*(self._probe(name) for name in policy.routes), return_exceptions=True)
+
+    async def _probe(self, name: str) -> None:
+        policy = self.router.policy
+        route = policy.routes[name]
+        st = self.states[name]
+        assert self.session is not None
+        try:
+            async with self.session.get(route.models_url, headers=_auth(route.api_key),
+                                        timeout=aiohttp.ClientTimeout(total=policy.health.probe_timeout)) as r:
+                await r.read()
+                ok = r.status == 200
+                err = None if ok else f"probe: http_{r.status}"
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            ok, err = False, f"probe: {type(exc).__name__}: {exc}"
+        if ok != st.healthy:
+            log.warning("route %s is now %s%s", name, "up" if ok else "down", f" ({err})" if err else "")
+        st.probe_result(ok, err)
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await self.probe_once()
+            await asyncio.sleep(self.router.policy.health.probe_interval)
+
+    # ---- reload ----------------------------------------------------------------------------
+
+    def reload(self) -> Router:
+        """Re-read the policy file; on any error raise PolicyError and keep serving the old policy."""
+        router = compile_policy(load_policy(self.settings.policy_path))
+        for name in router.policy.routes:
+            self.states.setdefault(name, RouteState(name))
+        for name in list(self.states):
+            if name not in router.policy.routes:
+                del self.states[name]
+        self.router = router  # one assignment: requests in flight keep the policy they started with
+        return router
+
+    def recover_lock(self, route: str) -> asyncio.Lock:
+        return self._recover_locks.setdefault(route, asyncio.Lock())
+
+
+def _auth(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+           param: str | None = None) -> Response:
+    return Response(orjson.dumps(error_body(message, type_=type_, code=code, param=param)),
+                    status_code=status, media_type=JSON)
+
+
+async def _read_body(request: Request, limit: int) -> Any:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise RequestError(f"Request body of {length} bytes is over the limit of {limit} bytes",
+                           status=413, code="request_too_large")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"Request body is over the limit of {limit} bytes", status=413,
+                               code="request_too_large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise RequestError("Invalid request: the body is empty; a JSON object is expected")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"Invalid request: the body is not valid JSON ({exc})") from exc
+
+
+def create_app(settings: RouterSettings, router: Router | None = None) -> FastAPI:
+    svc = RouterService(settings, router or compile_policy(load_policy(settings.policy_path)))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with svc.running():
+            yield
+
+    app = FastAPI(title="homelab-router", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.svc = svc
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError) -> Response:
+        return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type=JSON)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _error(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+
+    def require_admin(request: Request) -> None:
+        token = settings.admin_token
+        if not token:
+            raise RequestError("Admin API is disabled: set HOMELAB_ADMIN_TOKEN to enable it", status=403,
+                               type_="permission_error", code="admin_disabled")
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+            raise RequestError("Missing or wrong admin bearer token", status=401,
+                               type_="authentication_error", code="invalid_token")
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        started = time.perf_counter()
+        body = await _read_body(request, settings.max_body)
+        pre = preflight(body)
+        router = svc.router
+        decision = router.decide(
+            model=pre.model, text=pre.text, has_image=pre.has_image, tokens=pre.tokens,
+            header_route=request.headers.get("x-homelab-route"),
+            metadata_bucket=pre.metadata.get("homelab_bucket"),
+        )
+        ctx = Ctx(uuid.uuid4().hex[:16], body, pre, decision, router.policy, started)
+        assert svc.dispatcher is not None
+        return await svc.dispatcher.chat(ctx)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        now = int(svc.started)
+        data = [{"id": m, "object": "model", "created": now, "owned_by": "homelab"}
+                for m in svc.router.catalog()]
+        return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        body = await _read_body(request, settings.max_body)
+        try:
+            EmbeddingsRequest.model_validate(body)
+        except Exception as exc:
+            raise RequestError(f"Invalid embeddings request: {exc}".splitlines()[0]) from exc
+        policy = svc.router.policy
+        name = policy.embeddings_route or policy.image_route
+        route = policy.routes[name]
+        assert svc.session is not None
+        headers = {"X-Homelab-Route": name, "X-Homelab-Reason": "embeddings_route"}
+        try:
+            async with asyncio.timeout(route.request_timeout):
+                async with svc.session.post(route.embeddings_url, data=orjson.dumps({**body, "model": route.model}),
+                                            headers={"Content-Type": JSON, **_auth(route.api_key)}) as r:
+                    raw = await r.read()
+                    return Response(raw, status_code=r.status, media_type=JSON, headers=headers)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            svc.failures.write({"route": name, "kind": "embeddings", "detail": f"{type(exc).__name__}: {exc}"})
+            return _error(503, f"Embeddings route '{name}' is unavailable: {type(exc).__name__}",
+                          type_="server_error", code="upstream_unavailable")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/stats")
+    async def stats() -> Response:
+        policy = svc.router.policy
+        out = {
+            "uptime_s": round(time.time() - svc.started, 1),
+            "routes": {n: st.snapshot(policy.routes[n].max_concurrency) for n, st in svc.states.items()},
+            "metrics": svc.metrics.snapshot(),
+        }
+        return Response(orjson.dumps(out), media_type=JSON)
+
+    # ---- admin -------------------------------------------------------------------------------
+
+    @app.get("/admin/upstreams")
+    async def upstreams(request: Request) -> Response:
+        require_admin(request)
+        policy = svc.router.policy
+        out = {}
+        for name, st in svc.states.items():
+            r = policy.routes[name]
+            out[name] = {**st.snapshot(r.max_concurrency), "model": r.model, "base_url": r.base_url,
+                         "terminal": r.terminal, "vision": r.vision}
+        return Response(orjson.dumps({"routes": out}), media_type=JSON)
+
+    def _route_or_404(name: str) -> RouteState:
+        if name not in svc.states:
+            raise RequestError(f"Unknown route '{name}'. Routes: {', '.join(svc.states)}", status=404,
+                               code="unknown_route")
+        return svc.states[name]
+
+    @app.post("/admin/drain/{route}")
+    async def drain(route: str, request: Request) -> Response:
+        require_admin(request)
+        st = _route_or_404(route)
+        st.drained = True
+        svc.recoveries.write({"route": route, "action": "drain"})
+        return Response(orjson.dumps({"route": route, "drained": True}), media_type=JSON)
+
+    @app.post("/admin/undrain/{route}")
+    async def undrain(route: str, request: Request) -> Response:
+        require_admin(request)
+        st = _route_or_404(route)
+        st.drained = False
+        st.poisoned = False  # the operator vouches for the route again
+        svc.recoveries.write({"route": route, "action": "undrain"})
+        return Response(orjson.dumps({"route": route, "drained": False}), media_type=JSON)
+
+    @app.post("/admin/reload-config")
+    async def reload_config(request: Request) -> Response:
+        require_admin(request)
+        try:
+            router = svc.reload()
+        except PolicyError as exc:
+            svc.recoveries.write({"action": "reload", "ok": False, "error": str(exc)})
+            raise RequestError(f"Policy rejected, the old one keeps serving: {exc}", code="invalid_policy") \
+                from exc
+        svc.recoveries.write({"action": "reload", "ok": True})
+        return Response(orjson.dumps({"reloaded": True, "routes": list(router.policy.routes),
+                                      "buckets": list(router.policy.buckets)}), media_type=JSON)
+
+    @app.post("/admin/recover-cuda")
+    async def recover_cuda(request: Request) -> Response:
+        require_admin(request)
+        body = await _read_body(request, 65536)
+        name = body.get("route") if isinstance(body, dict) else None
+        if not isinstance(name, str):
+            raise RequestError('Body must be {"route": "<route name>"}', param="route")
+        st = _route_or_404(name)
+        route = svc.router.policy.routes[name]
+        if route.terminal:
+            svc.recoveries.write({"route": name, "action": "recover_cuda", "ok": False,
+                                  "error": "terminal route: refused, operator paged"})
+            raise RequestError(f"Route '{name}' is terminal: automation never recovers it; page the operator",
+                               status=403, type_="permission_error", code="terminal_route")
+        if not route.recover_command:
+            raise RequestError(f"Route '{name}' has no recover_command configured", status=409,
+                               code="no_recover_command")
+        lock = svc.recover_lock(name)
+        if lock.locked():
+            raise RequestError(f"A recovery of '{name}' is already running", status=409, code="in_progress")
+        async with lock:
+            st.recovering = True
+            t0 = time.monotonic()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *route.recover_command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                out, _ = await proc.communicate()
+                ok = proc.returncode == 0
+            except OSError as exc:
+                ok, out = False, str(exc).encode()
+                proc = None
+            finally:
+                st.recovering = False
+            if ok:
+                st.poisoned = False
+            record = {"route": name, "action": "recover_cuda", "ok": ok,
+                      "returncode": proc.returncode if proc else None,
+                      "seconds": round(time.monotonic() - t0, 3),
+                      "output": out.decode("utf-8", "replace")[-2000:]}
+            svc.recoveries.write(record)
+        return Response(orjson.dumps(record), status_code=200 if ok else 500, media_type=JSON)
+
+    return app

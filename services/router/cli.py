@@ -1,0 +1,72 @@
+"""``homelab-router``: serve the router, or ``explain`` a routing decision without any upstream."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from services.router.app import RouterSettings, compile_policy, create_app
+from services.router.decide import AUTO
+from services.router.errors import PolicyError, RequestError
+from services.router.policy import load_policy
+
+DEFAULT_POLICY = Path("config/routing_policy.yaml")
+
+
+def explain(prompt: str, *, image: bool, tokens: int | None, model: str, policy_path: Path) -> str:
+    router = compile_policy(load_policy(policy_path))
+    est = tokens if tokens is not None else len(prompt) // 4 + 4
+    c = router.classifier.classify(prompt)
+    lines = [f"prompt: {prompt[:120]!r}{'…' if len(prompt) > 120 else ''}",
+             f"model: {model}  image: {'yes' if image else 'no'}  tokens: {est}", "scores:"]
+    for bucket in router.policy.buckets:
+        score = c.scores.get(bucket, 0)
+        hits = ", ".join(c.matched.get(bucket, ()))
+        lines.append(f"  {bucket:<16} {score}" + (f"  ({hits})" if hits else ""))
+    d = router.decide(model=model, text=prompt, has_image=image, tokens=est)
+    lines += [f"bucket: {d.bucket or '-'}", f"route:  {d.route}", f"reason: {d.reason}",
+              f"model sent upstream: {router.policy.routes[d.route].model}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "explain":
+        ap = argparse.ArgumentParser(prog="homelab-router explain",
+                                     description="Print each bucket's score and the chosen route.")
+        ap.add_argument("prompt")
+        ap.add_argument("--image", action="store_true", help="the request carries an image")
+        ap.add_argument("--tokens", type=int, help="estimated prompt tokens (default: from the prompt)")
+        ap.add_argument("--model", default=AUTO)
+        ap.add_argument("--policy", type=Path, default=DEFAULT_POLICY)
+        a = ap.parse_args(argv[1:])
+        try:
+            print(explain(a.prompt, image=a.image, tokens=a.tokens, model=a.model, policy_path=a.policy))
+        except (PolicyError, RequestError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+
+    ap = argparse.ArgumentParser(prog="homelab-router", description="Serve homelab-router.")
+    ap.add_argument("--policy", type=Path, default=DEFAULT_POLICY)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8080)
+    ap.add_argument("--log-level", default="info")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = create_app(RouterSettings.from_env(a.policy))
+    except PolicyError as exc:
+        print(f"homelab-router: invalid policy: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=a.host, port=a.port, loop="uvloop", http="httptools", access_log=False,
+                log_level="warning", timeout_keep_alive=75)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

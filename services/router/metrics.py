@@ -1,0 +1,73 @@
+"""Prometheus metrics for the router (one registry per app, so tests can run several)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from services.router.state import RouteState
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _RouteCollector(Collector):
+    """Reads route state at scrape time: no per-request cost for gauges."""
+
+    def __init__(self, source: Callable[[], Iterable[tuple[RouteState, int]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        in_flight = GaugeMetricFamily("homelab_router_in_flight", "Requests in flight", labels=["route"])
+        cap = GaugeMetricFamily("homelab_router_max_concurrency", "Route cap", labels=["route"])
+        healthy = GaugeMetricFamily("homelab_router_route_healthy", "1 if the route takes traffic",
+                                    labels=["route"])
+        circuit = GaugeMetricFamily("homelab_router_circuit_open", "1 if the circuit is open",
+                                    labels=["route"])
+        drained = GaugeMetricFamily("homelab_router_route_drained", "1 if drained", labels=["route"])
+        poisoned = GaugeMetricFamily("homelab_router_route_poisoned", "1 if CUDA-poisoned", labels=["route"])
+        for st, max_c in self._source():
+            in_flight.add_metric([st.name], st.in_flight)
+            cap.add_metric([st.name], max_c)
+            healthy.add_metric([st.name], float(st.healthy and not st.poisoned and st.circuit != "open"))
+            circuit.add_metric([st.name], float(st.circuit == "open"))
+            drained.add_metric([st.name], float(st.drained))
+            poisoned.add_metric([st.name], float(st.poisoned))
+        yield from (in_flight, cap, healthy, circuit, drained, poisoned)
+
+
+class Metrics:
+    def __init__(self, routes: Callable[[], Iterable[tuple[RouteState, int]]]) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("homelab_router_requests", "Requests answered",
+                                ["route", "bucket", "reason", "status"], registry=r)
+        self.latency = Histogram("homelab_router_request_seconds", "Total request time",
+                                 ["route"], buckets=_BUCKETS, registry=r)
+        self.upstream = Histogram("homelab_router_upstream_seconds", "Time waiting on upstreams",
+                                  ["route"], buckets=_BUCKETS, registry=r)
+        self.overhead = Histogram("homelab_router_overhead_seconds", "Router time outside upstream waits",
+                                  buckets=_BUCKETS, registry=r)
+        self.ttft = Histogram("homelab_router_ttft_seconds", "Time to the first streamed content",
+                              ["route"], buckets=_BUCKETS, registry=r)
+        self.spills = Counter("homelab_router_spills", "Requests spilled at a cap or busy upstream",
+                              ["from_route", "to_route"], registry=r)
+        self.failovers = Counter("homelab_router_failovers", "Requests moved after a failure",
+                                 ["from_route", "to_route", "cause"], registry=r)
+        self.upstream_errors = Counter("homelab_router_upstream_errors", "Upstream failures",
+                                       ["route", "kind"], registry=r)
+        r.register(_RouteCollector(routes))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as plain JSON for /stats."""
+        out: dict[str, Any] = {}
+        for metric in self.registry.collect():
+            rows = []
+            for s in metric.samples:
+                if s.name.endswith(("_created", "_bucket")):
+                    continue
+                rows.append({"name": s.name, "labels": s.labels, "value": s.value})
+            out[metric.name] = rows
+        return out

@@ -1,0 +1,211 @@
+"""The routing policy: validated pydantic models loaded from YAML (the contract in routing_policy.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from services.router.errors import PolicyError
+
+
+class _Strict(BaseModel):
+    # Our own config: a misspelt key is an error, not a silently ignored line.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Spill(_Strict):
+    text: str
+    image: str
+
+
+class Route(_Strict):
+    base_url: str
+    model: str
+    vision: bool = False
+    max_concurrency: PositiveInt = 4
+    spill: Spill | None = None
+    failover: str | None = None
+    terminal: bool = False
+    aliases: tuple[str, ...] = ()
+    # Can finish a partial answer from an assistant prefill (vLLM: continue_final_message).
+    continuation: bool = False
+    # Where a 400 context_length_exceeded goes (default: failover).
+    context_failover: str | None = None
+    connect_timeout: PositiveFloat = 3.0
+    first_token_timeout: PositiveFloat = 30.0
+    stream_idle_timeout: PositiveFloat = 60.0
+    request_timeout: PositiveFloat = 600.0
+    api_key: str | None = None
+    recover_command: tuple[str, ...] | None = None
+
+    @property
+    def chat_url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+    @property
+    def embeddings_url(self) -> str:
+        return self.base_url.rstrip("/") + "/embeddings"
+
+    @property
+    def models_url(self) -> str:
+        return self.base_url.rstrip("/") + "/models"
+
+
+class Bucket(_Strict):
+    route: str
+    keywords: tuple[str, ...]
+
+
+class SizePromotions(_Strict):
+    thresholds: tuple[PositiveInt, ...]
+    table: dict[str, tuple[str, ...]]
+
+    @model_validator(mode="after")
+    def _bands(self) -> SizePromotions:
+        if list(self.thresholds) != sorted(self.thresholds):
+            raise ValueError("thresholds must be ascending")
+        bands = len(self.thresholds) + 1
+        for bucket, row in self.table.items():
+            if len(row) != bands:
+                raise ValueError(f"table.{bucket} has {len(row)} routes, {bands} bands need {bands}")
+        return self
+
+    def band(self, tokens: int) -> int:
+        for i, limit in enumerate(self.thresholds):
+            if tokens <= limit:
+                return i
+        return len(self.thresholds)
+
+
+class Example(_Strict):
+    """A golden case: run at start and on reload; any failure rejects the policy."""
+
+    prompt: str
+    image: bool = False
+    tokens: int | None = None
+    model: str | None = None
+    expect_bucket: str | None = None
+    expect_route: str
+
+
+class Health(_Strict):
+    probe_interval: PositiveFloat = 5.0
+    probe_timeout: PositiveFloat = 2.0
+    failure_threshold: PositiveInt = 3
+    circuit_cooldown: PositiveFloat = 10.0
+    retry_after_max: float = Field(default=2.0, ge=0)
+
+
+class Policy(_Strict):
+    version: Literal[1]
+    routes: dict[str, Route]
+    buckets: dict[str, Bucket]
+    unknown_route: str
+    image_route: str
+    tie_break: tuple[str, ...] = ()
+    size_promotions: SizePromotions | None = None
+    embeddings_route: str | None = None
+    examples: tuple[Example, ...] = ()
+    health: Health = Health()
+
+    @model_validator(mode="after")
+    def _references(self) -> Policy:
+        routes = self.routes
+        if not routes:
+            raise ValueError("routes: at least one route is needed")
+
+        def need(where: str, name: str | None) -> None:
+            if name is not None and name not in routes:
+                raise ValueError(f"{where}: unknown route '{name}' (routes: {', '.join(routes)})")
+
+        for name, r in routes.items():
+            need(f"routes.{name}.failover", r.failover)
+            need(f"routes.{name}.context_failover", r.context_failover)
+            if r.spill:
+                need(f"routes.{name}.spill.text", r.spill.text)
+                need(f"routes.{name}.spill.image", r.spill.image)
+                if not routes[r.spill.image].vision:
+                    raise ValueError(f"routes.{name}.spill.image: '{r.spill.image}' cannot see images")
+            if r.terminal and (r.failover or r.spill):
+                raise ValueError(f"routes.{name}: a terminal route has no failover or spill")
+        for name, b in self.buckets.items():
+            need(f"buckets.{name}.route", b.route)
+            if not b.keywords:
+                raise ValueError(f"buckets.{name}.keywords: empty")
+        need("unknown_route", self.unknown_route)
+        need("image_route", self.image_route)
+        if not routes[self.image_route].vision:
+            raise ValueError(f"image_route: '{self.image_route}' cannot see images (vision: false)")
+        need("embeddings_route", self.embeddings_route)
+        for tb in self.tie_break:
+            if tb not in self.buckets:
+                raise ValueError(f"tie_break: unknown bucket '{tb}'")
+        if self.size_promotions:
+            for bucket, row in self.size_promotions.table.items():
+                if bucket not in self.buckets:
+                    raise ValueError(f"size_promotions.table: unknown bucket '{bucket}'")
+                for r_name in row:
+                    need(f"size_promotions.table.{bucket}", r_name)
+        seen: dict[str, str] = {}
+        for name, r in routes.items():
+            for alias in r.aliases:
+                if not alias.startswith("homelab/"):
+                    raise ValueError(f"routes.{name}.aliases: '{alias}' must start with homelab/")
+                if alias == "homelab/auto":
+                    raise ValueError(f"routes.{name}.aliases: homelab/auto is reserved")
+                if alias in seen:
+                    raise ValueError(f"routes.{name}.aliases: '{alias}' is also on route '{seen[alias]}'")
+                seen[alias] = name
+        for i, ex in enumerate(self.examples):
+            need(f"examples[{i}].expect_route", ex.expect_route)
+            if ex.expect_bucket is not None and ex.expect_bucket not in self.buckets:
+                raise ValueError(f"examples[{i}].expect_bucket: unknown bucket '{ex.expect_bucket}'")
+        return self
+
+    def alias_map(self) -> dict[str, str]:
+        return {alias: name for name, r in self.routes.items() for alias in r.aliases}
+
+    def served_models(self) -> dict[str, str]:
+        return {r.model: name for name, r in self.routes.items()}
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_policy(text: str, source: str = "<policy>") -> Policy:
+    """Parse and validate policy YAML; raise PolicyError naming the key and the problem."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{source}: invalid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: the policy must be a mapping, got {type(data).__name__}")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(f"{source}: {_format_error(exc)}") from exc
+
+
+def load_policy(path: Path) -> Policy:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read the policy: {exc.strerror}") from exc
+    return parse_policy(text, str(path))

@@ -1,0 +1,115 @@
+"""Preflight: validate a chat request body and extract what routing needs (no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from services.router.errors import RequestError
+
+# A rough per-image cost; base64 payload length says nothing about tokens.
+IMAGE_TOKENS = 765
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    # Clients send many extra fields (name, tool_calls, ...): tolerated and passed through.
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _not_empty_list(cls, v: str | list[ContentPart] | None) -> str | list[ContentPart] | None:
+        if isinstance(v, list) and not v:
+            raise ValueError("content must not be an empty list")
+        return v
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[ChatMessage]
+    stream: bool = False
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _some(cls, v: list[ChatMessage]) -> list[ChatMessage]:
+        if not v:
+            raise ValueError("messages must not be empty")
+        return v
+
+
+class EmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    model: str
+    stream: bool
+    has_image: bool
+    tokens: int
+    text: str  # what the classifier reads: the latest user turn
+    metadata: dict[str, Any]
+
+
+def _validation_message(exc: ValidationError) -> tuple[str, str]:
+    e = exc.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "literal_error" and loc.endswith("role"):
+        msg = f"unknown role; expected one of {', '.join(ROLES)}"
+    return f"Invalid request: {loc}: {msg}", loc
+
+
+def preflight(body: Any) -> Preflight:
+    """Validate ``body`` (decoded JSON) as a chat request; raise RequestError (400) when it is not one."""
+    if not isinstance(body, dict):
+        raise RequestError("Invalid request: the body must be a JSON object")
+    try:
+        req = ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        msg, loc = _validation_message(exc)
+        raise RequestError(msg, param=loc) from exc
+    has_image = False
+    chars = 0
+    images = 0
+    last_user = ""
+    for i, m in enumerate(req.messages):
+        content = m.content
+        if content is None or content == "":
+            if m.role in ("user", "system", "developer"):
+                raise RequestError(
+                    f"Invalid request: messages.{i}.content: a {m.role} message needs content",
+                    param=f"messages.{i}.content",
+                )
+            continue
+        if isinstance(content, str):
+            text = content
+        else:
+            parts = []
+            for part in content:
+                if part.type == "image_url":
+                    has_image = True
+                    images += 1
+                elif part.text is not None:
+                    parts.append(part.text)
+            text = "\n".join(parts)
+        chars += len(text)
+        if m.role == "user":
+            last_user = text
+    tokens = chars // 4 + 4 * len(req.messages) + IMAGE_TOKENS * images
+    metadata = req.metadata or {}
+    return Preflight(req.model, req.stream, has_image, tokens, last_user, metadata)

@@ -1,0 +1,727 @@
+"""The request path after the decision: admit, spill, failover, stream relay (DESIGN.md §3 steps 6-10).
+
+Nothing reaches the client until an upstream has produced its first content; after that a
+stream that dies is continued on a route that can continue, or ends with an in-band error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+import jsonschema
+import orjson
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from services.router.decide import Decision
+from services.router.errors import error_body
+from services.router.metrics import Metrics
+from services.router.policy import Policy, Route
+from services.router.preflight import Preflight
+from services.router.state import RouteState
+from shared.jsonl import JsonlWriter
+
+log = logging.getLogger("homelab.router")
+
+DONE = b"data: [DONE]\n\n"
+JSON = "application/json"
+FINISH_GRACE = 0.5  # seconds to wait for [DONE] (or a usage chunk) after finish_reason
+
+
+class UpstreamFault(Exception):
+    """An upstream failed before or during an answer."""
+
+    def __init__(self, kind: str, detail: str, *, retryable: bool = False) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+        self.retryable = retryable
+
+
+@dataclass(slots=True)
+class Outcome:
+    kind: Literal["ok", "busy", "fail", "poisoned", "context", "client"]
+    response: Response | None = None
+    detail: str = ""
+    retryable: bool = False
+    retry_after: float | None = None
+    status: int = 200
+
+
+@dataclass(slots=True)
+class Ctx:
+    """Everything known about one request while it is routed."""
+
+    request_id: str
+    body: dict[str, Any]
+    pre: Preflight
+    decision: Decision
+    policy: Policy
+    started: float
+    path: list[str] = field(default_factory=list)
+    reason: str = ""
+    upstream_wait: float = 0.0
+    status: int = 0
+    error: str | None = None
+    ttfb: float | None = None
+    final_route: str | None = None
+    events: list[str] = field(default_factory=list)
+
+    def headers(self, route: str) -> dict[str, str]:
+        return {
+            "X-Homelab-Route": route,
+            "X-Homelab-Bucket": self.decision.bucket or "",
+            "X-Homelab-Reason": self.reason,
+            "X-Homelab-Fallback-Path": ",".join(self.path),
+            "X-Request-Id": self.request_id,
+        }
+
+
+class RelayResponse(StreamingResponse):
+    """A streaming response that always runs ``on_close`` — even if the client left before the first byte."""
+
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None],
+                 headers: dict[str, str]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+def _sse_data(event: bytes) -> bytes | None:
+    """The data of one SSE event (lines joined), or None for a comment-only event."""
+    data = []
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            data.append(line[5:].lstrip(b" "))
+    return b"\n".join(data) if data else None
+
+
+async def _read_event(content: aiohttp.StreamReader) -> bytes | None:
+    """One SSE event (its lines, without the blank line after them), or None at a clean end of stream."""
+    lines: list[bytes] = []
+    while True:
+        line = await content.readline()
+        if not line:
+            if lines:
+                raise UpstreamFault("stream_cut", "stream ended inside an event")
+            return None
+        if line in (b"\n", b"\r\n"):
+            if lines:
+                return b"".join(lines)
+            continue
+        lines.append(line)
+
+
+def _error_text(raw: bytes) -> str:
+    try:
+        body = orjson.loads(raw)
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict):
+            return str(err.get("message") or err)
+        if err is not None:
+            return str(err)
+    except orjson.JSONDecodeError:
+        pass
+    return raw[:300].decode("utf-8", "replace")
+
+
+def _error_code(raw: bytes) -> str:
+    try:
+        body = orjson.loads(raw)
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict):
+            return str(err.get("code") or err.get("type") or "")
+    except orjson.JSONDecodeError:
+        pass
+    return ""
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+@dataclass(slots=True)
+class _StreamTrack:
+    """What the relay has seen of a stream: enough to continue it elsewhere."""
+
+    text: list[str] = field(default_factory=list)
+    finished: bool = False
+    tool_calls: bool = False
+    chunk_id: str | None = None
+
+    def feed(self, data: bytes) -> None:
+        """Parse one data payload; raise UpstreamFault if malformed or an in-band error."""
+        try:
+            ev = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamFault("malformed_chunk", f"not JSON: {data[:80]!r}") from exc
+        if not isinstance(ev, dict):
+            raise UpstreamFault("malformed_chunk", "chunk is not an object")
+        if "error" in ev:
+            raise UpstreamFault("stream_error", _error_text(data))
+        if self.chunk_id is None and isinstance(ev.get("id"), str):
+            self.chunk_id = ev["id"]
+        for choice in ev.get("choices") or ():
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if content:
+                self.text.append(content)
+            if delta.get("tool_calls"):
+                self.tool_calls = True
+            if choice.get("finish_reason"):
+                self.finished = True
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self.text) or self.tool_calls or self.finished
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        states: Callable[[], dict[str, RouteState]],
+        metrics: Metrics,
+        decisions: JsonlWriter,
+        failures: JsonlWriter,
+        validations: JsonlWriter,
+        on_poisoned: Callable[[str, str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.session = session
+        self._states = states
+        self.metrics = metrics
+        self.decisions = decisions
+        self.failures = failures
+        self.validations = validations
+        self.on_poisoned = on_poisoned
+
+    # ---- the walk over routes -------------------------------------------------------------
+
+    async def chat(self, ctx: Ctx) -> Response:
+        policy = ctx.policy
+        states = self._states()
+        pre = ctx.pre
+        route_name = ctx.decision.route
+        ctx.reason = ctx.decision.reason
+        tried: set[str] = set()
+        context_hop = False
+        last: Outcome | None = None
+        cooldown = policy.health.circuit_cooldown
+        while True:
+            if route_name in tried:
+                return self._give_up(ctx, last, f"every route on the path {','.join(ctx.path)} failed")
+            route = policy.routes[route_name]
+            st = states[route_name]
+            ctx.path.append(route_name)
+            if pre.has_image and not route.vision:
+                tried.add(route_name)
+                nxt = self._vision_fallback(policy, tried)
+                if nxt is None:
+                    return self._give_up(ctx, last, "no route that can see images is available")
+                route_name = nxt
+                continue
+            nxt_cause: str | None = None
+            if st.drained and not (ctx.decision.pinned and route_name == ctx.decision.route):
+                ctx.reason, nxt_cause = f"{route_name}_drained", "drained"
+            elif not st.available(cooldown):
+                ctx.reason, nxt_cause = f"{route_name}_down", "down"
+                if last is None:
+                    last = Outcome("fail", detail=f"{route_name} is {st.why_unavailable()}")
+            elif st.in_flight >= route.max_concurrency:
+                ctx.reason, nxt_cause = f"{route_name}_saturated", "saturated"
+                last = Outcome("busy", detail=f"{route_name} is at its cap of {route.max_concurrency}")
+            if nxt_cause is not None:
+                tried.add(route_name)
+                nxt = self._next(route, pre.has_image, nxt_cause)
+                if nxt is None:
+                    return self._give_up(ctx, last, f"{route_name} is {nxt_cause}", terminal=route.terminal)
+                self._count_move(route_name, nxt, nxt_cause)
+                route_name = nxt
+                continue
+
+            outcome = await self._attempt_with_retry(ctx, route, st)
+            if outcome.kind in ("ok", "client"):
+                assert outcome.response is not None
+                return outcome.response
+            last = outcome
+            tried.add(route_name)
+            if outcome.kind == "context":
+                nxt = route.context_failover or route.failover
+                if context_hop or nxt is None or nxt in tried:
+                    assert outcome.response is not None
+                    return outcome.response
+                context_hop = True
+                ctx.reason = f"{route_name}_context_length"
+                self._count_move(route_name, nxt, "context_length")
+                route_name = nxt
+                continue
+            cause = "saturated" if outcome.kind == "busy" else "down"
+            ctx.reason = f"{route_name}_{'saturated' if cause == 'saturated' else 'down'}"
+            nxt = self._next(route, pre.has_image, cause)
+            if nxt is None:
+                return self._give_up(ctx, outcome, outcome.detail, terminal=route.terminal)
+            self._count_move(route_name, nxt, outcome.kind)
+            route_name = nxt
+
+    @staticmethod
+    def _next(route: Route, has_image: bool, cause: str) -> str | None:
+        if route.terminal:
+            return None
+        if cause == "saturated" and route.spill is not None:
+            return route.spill.image if has_image else route.spill.text
+        return route.failover
+
+    @staticmethod
+    def _vision_fallback(policy: Policy, tried: set[str]) -> str | None:
+        if policy.image_route not in tried:
+            return policy.image_route
+        for name, r in policy.routes.items():
+            if r.vision and name not in tried:
+                return name
+        return None
+
+    def _count_move(self, src: str, dst: str, cause: str) -> None:
+        if cause in ("saturated", "busy"):
+            self.metrics.spills.labels(src, dst).inc()
+        else:
+            self.metrics.failovers.labels(src, dst, cause).inc()
+
+    def _give_up(self, ctx: Ctx, last: Outcome | None, why: str, *, terminal: bool = False) -> Response:
+        route = ctx.path[-1] if ctx.path else ctx.decision.route
+        detail = last.detail if last and last.detail and last.detail not in why else ""
+        message = f"No upstream could answer: {why}" + (f" ({detail})" if detail else "")
+        if terminal:
+            message = f"Route '{route}' is terminal and never falls back: {why}" + (
+                f" ({detail})" if detail else "")
+        ctx.status = 503
+        ctx.error = message
+        body = error_body(message, type_="server_error", code="upstream_unavailable")
+        self.finish(ctx, route)
+        return Response(orjson.dumps(body), status_code=503, media_type=JSON, headers=ctx.headers(route))
+
+    # ---- one route -------------------------------------------------------------------------
+
+    async def _attempt_with_retry(self, ctx: Ctx, route: Route, st: RouteState) -> Outcome:
+        policy = ctx.policy
+        retried = honoured_429 = False
+        name = ctx.path[-1]
+        while True:
+            st.in_flight += 1
+            released = False
+
+            def release() -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    st.in_flight -= 1
+
+            try:
+                outcome = await self._attempt(ctx, name, route, st, release)
+            except BaseException:
+                release()
+                raise
+            if not (outcome.kind == "ok" and ctx.pre.stream):
+                release()  # a committed stream releases its slot when the client's response closes
+            if outcome.kind == "fail":
+                st.record_failure(outcome.detail, policy.health.failure_threshold)
+                self.metrics.upstream_errors.labels(name, outcome.detail.split(":")[0]).inc()
+                self.failures.write({"request_id": ctx.request_id, "route": name, "kind": "failure",
+                                     "detail": outcome.detail, "retryable": outcome.retryable})
+                if outcome.retryable and not retried and st.circuit != "open":
+                    retried = True
+                    ctx.events.append(f"retry:{name}")
+                    continue
+            elif outcome.kind == "poisoned":
+                await self._poison(ctx, name, st, outcome.detail)
+            elif outcome.kind == "busy" and outcome.retry_after is not None and not honoured_429 \
+                    and outcome.retry_after <= policy.health.retry_after_max:
+                honoured_429 = True
+                ctx.events.append(f"retry_after:{name}:{outcome.retry_after}")
+                await asyncio.sleep(outcome.retry_after)
+                continue
+            return outcome
+
+    async def _poison(self, ctx: Ctx, name: str, st: RouteState, detail: str) -> None:
+        st.poisoned = True
+        st.last_error = detail
+        st.last_error_at = time.time()
+        self.metrics.upstream_errors.labels(name, "cuda_error").inc()
+        self.failures.write({"request_id": ctx.request_id, "route": name, "kind": "cuda_poisoned",
+                             "detail": detail})
+        log.error("route %s poisoned: %s", name, detail)
+        if self.on_poisoned is not None:
+            await self.on_poisoned(name, detail)
+
+    def _classify_status(self, status: int, raw: bytes, retry_after: str | None) -> Outcome:
+        text = _error_text(raw)
+        if "CUDA error" in text or b"CUDA error" in raw[:4096]:
+            return Outcome("poisoned", detail=f"cuda_error: {text}", status=status)
+        if status in (500, 502, 504):
+            return Outcome("fail", detail=f"http_{status}: {text}", retryable=status != 504, status=status)
+        if status in (503, 429):
+            ra = _parse_retry_after(retry_after) if status == 429 else None
+            return Outcome("busy", detail=f"http_{status}: {text}", retry_after=ra, status=status)
+        if status >= 500:
+            return Outcome("fail", detail=f"http_{status}: {text}", status=status)
+        if status == 400 and ("context_length" in _error_code(raw) or "maximum context length" in text):
+            return Outcome("context", detail=f"context_length: {text}", status=status)
+        return Outcome("client", detail=f"http_{status}: {text}", status=status)
+
+    def _payload(self, ctx: Ctx, route: Route, extra: dict[str, Any] | None = None) -> bytes:
+        body = ctx.body
+        if body.get("model") != route.model or extra:
+            body = {**body, "model": route.model, **(extra or {})}
+        return orjson.dumps(body)
+
+    def _headers(self, route: Route) -> dict[str, str]:
+        h = {"Content-Type": JSON}
+        if route.api_key:
+            h["Authorization"] = f"Bearer {route.api_key}"
+        return h
+
+    async def _attempt(self, ctx: Ctx, name: str, route: Route, st: RouteState,
+                       release: Callable[[], None]) -> Outcome:
+        payload = self._payload(ctx, route)
+        if ctx.pre.stream:
+            return await self._attempt_stream(ctx, name, route, st, payload, release)
+        return await self._attempt_plain(ctx, name, route, st, payload)
+
+    async def _attempt_plain(self, ctx: Ctx, name: str, route: Route, st: RouteState,
+                             payload: bytes) -> Outcome:
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(route.request_timeout):
+                async with self.session.post(route.chat_url, data=payload, headers=self._headers(route),
+                                             timeout=aiohttp.ClientTimeout(
+                                                 total=None, sock_connect=route.connect_timeout)) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+                    retry_after = resp.headers.get("Retry-After")
+        except TimeoutError:
+            return Outcome("fail", detail=f"timeout: no answer within {route.request_timeout:g}s")
+        except aiohttp.ClientConnectorError as exc:
+            return Outcome("fail", detail=f"connect: {exc.os_error or exc}")
+        except (aiohttp.ClientError, OSError) as exc:
+            return Outcome("fail", detail=f"reset: {type(exc).__name__}: {exc}", retryable=True)
+        finally:
+            ctx.upstream_wait += time.perf_counter() - t0
+        self.metrics.upstream.labels(name).observe(time.perf_counter() - t0)
+        if status != 200:
+            outcome = self._classify_status(status, raw, retry_after)
+            if outcome.kind in ("client", "context"):
+                outcome.response = self._passthrough_error(ctx, name, status, raw)
+            return outcome
+        if ctx.body.get("metadata", {}).get("homelab_task") == "camera_triage":
+            raw = self._validate_camera(ctx, name, raw)
+        st.record_success()
+        ctx.status = 200
+        ctx.final_route = name
+        self.finish(ctx, name)
+        return Outcome("ok", response=Response(raw, media_type=JSON, headers=ctx.headers(name)))
+
+    def _passthrough_error(self, ctx: Ctx, name: str, status: int, raw: bytes) -> Response:
+        ctx.status = status
+        ctx.error = _error_text(raw)
+        try:
+            orjson.loads(raw)
+            body = raw
+        except orjson.JSONDecodeError:
+            body = orjson.dumps(error_body(ctx.error, type_="invalid_request_error"))
+        self.finish(ctx, name)
+        return Response(body, status_code=status, media_type=JSON, headers=ctx.headers(name))
+
+    async def _attempt_stream(self, ctx: Ctx, name: str, route: Route, st: RouteState, payload: bytes,
+                              release: Callable[[], None]) -> Outcome:
+        t0 = time.perf_counter()
+        resp: aiohttp.ClientResponse | None = None
+        buffered: list[bytes] = []
+        track = _StreamTrack()
+        try:
+            async with asyncio.timeout(route.first_token_timeout):
+                resp = await self.session.post(
+                    route.chat_url, data=payload, headers=self._headers(route),
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=route.connect_timeout,
+                                                  sock_read=route.stream_idle_timeout))
+                if resp.status != 200:
+                    raw = await resp.read()
+                    outcome = self._classify_status(resp.status, raw, resp.headers.get("Retry-After"))
+                    if outcome.kind in ("client", "context"):
+                        outcome.response = self._passthrough_error(ctx, name, resp.status, raw)
+                    resp.release()
+                    return outcome
+                # Hold the client's response until the first content (a role-only chunk is not enough).
+                while not track.has_output:
+                    ev = await _read_event(resp.content)
+                    if ev is None:
+                        raise UpstreamFault("stream_cut", "stream ended before any content")
+                    data = _sse_data(ev)
+                    if data is None:
+                        continue
+                    if data == b"[DONE]":
+                        raise UpstreamFault("stream_cut", "[DONE] before any content")
+                    track.feed(data)
+                    buffered.append(ev + b"\n")
+        except TimeoutError:
+            if resp is not None:
+                resp.close()
+            waited = "headers" if resp is None else "first token"
+            return Outcome("fail", detail=f"timeout: no {waited} within {route.first_token_timeout:g}s")
+        except UpstreamFault as exc:
+            assert resp is not None
+            resp.close()
+            return Outcome("fail", detail=f"{exc.kind}: {exc.detail}")
+        except aiohttp.ClientConnectorError as exc:
+            return Outcome("fail", detail=f"connect: {exc.os_error or exc}")
+        except (aiohttp.ClientError, OSError) as exc:
+            if resp is not None:
+                resp.close()
+            return Outcome("fail", detail=f"reset: {type(exc).__name__}: {exc}", retryable=True)
+        finally:
+            ctx.upstream_wait += time.perf_counter() - t0
+        assert resp is not None
+        ttft = time.perf_counter() - t0
+        self.metrics.ttft.labels(name).observe(ttft)
+        self.metrics.upstream.labels(name).observe(ttft)
+        ctx.ttfb = time.perf_counter() - ctx.started
+        st.record_success()
+        ctx.status = 200
+        ctx.final_route = name
+        headers = ctx.headers(name)
+        headers["Cache-Control"] = "no-cache"
+        gen = self._relay(ctx, name, route, resp, buffered, track)
+
+        def on_close() -> None:
+            release()
+            resp.close()
+
+        return Outcome("ok", response=RelayResponse(gen, on_close, headers))
+
+    async def _relay(self, ctx: Ctx, name: str, route: Route, resp: aiohttp.ClientResponse,
+                     buffered: list[bytes], track: _StreamTrack) -> AsyncIterator[bytes]:
+        fault: UpstreamFault | None = None
+        completed = False
+        try:
+            for first in buffered:
+                yield first
+            while True:
+                try:
+                    if track.finished:
+                        async with asyncio.timeout(FINISH_GRACE):
+                            ev = await _read_event(resp.content)
+                    else:
+                        ev = await _read_event(resp.content)
+                except TimeoutError:
+                    if track.finished:
+                        # Finished properly but no [DONE]: finalise promptly.
+                        ctx.events.append("finalised_without_done")
+                        completed = True
+                        yield DONE
+                        return
+                    raise UpstreamFault("stall", f"no data for {route.stream_idle_timeout:g}s") from None
+                if ev is None:
+                    if track.finished:
+                        ctx.events.append("finalised_without_done")
+                        completed = True
+                        yield DONE
+                        return
+                    raise UpstreamFault("stream_cut", "upstream closed the stream mid-answer")
+                data = _sse_data(ev)
+                if data is None:
+                    continue
+                if data == b"[DONE]":
+                    completed = True
+                    yield DONE
+                    return
+                track.feed(data)
+                yield ev + b"\n"
+        except UpstreamFault as exc:
+            fault = exc
+        except (aiohttp.ClientError, OSError) as exc:
+            fault = UpstreamFault("stream_cut", f"{type(exc).__name__}: {exc}")
+        except TimeoutError:
+            fault = UpstreamFault("stall", f"no data for {route.stream_idle_timeout:g}s")
+        finally:
+            if fault is None:
+                if not completed:
+                    ctx.events.append("client_disconnected")
+                self.finish(ctx, name)
+        # Mid-stream failure: never a truncated success.
+        resp.close()
+        self.failures.write({"request_id": ctx.request_id, "route": name, "kind": "mid_stream",
+                             "detail": f"{fault.kind}: {fault.detail}"})
+        self.metrics.upstream_errors.labels(name, fault.kind).inc()
+        ctx.events.append(f"mid_stream:{name}:{fault.kind}")
+        cont_ok = False
+        async for chunk in self._continue(ctx, name, route, track):
+            cont_ok = True
+            yield chunk
+        if not cont_ok:
+            ctx.status = 502
+            ctx.error = f"{fault.kind}: {fault.detail}"
+            msg = f"The upstream '{name}' failed mid-answer ({fault.kind}: {fault.detail}); the answer is incomplete."
+            body = error_body(msg, type_="server_error", code="upstream_stream_failed")
+            yield b"data: " + orjson.dumps(body) + b"\n\n"
+            self.finish(ctx, name)
+
+    async def _continue(self, ctx: Ctx, name: str, route: Route,
+                        track: _StreamTrack) -> AsyncIterator[bytes]:
+        """Finish the answer on the failover route from an assistant prefill (vLLM continue_final_message)."""
+        target = route.failover
+        policy = ctx.policy
+        if target is None or track.tool_calls:
+            return
+        troute = policy.routes[target]
+        st = self._states().get(target)
+        if (not troute.continuation or st is None or st.drained or not st.available(policy.health.circuit_cooldown)
+                or st.in_flight >= troute.max_concurrency or (ctx.pre.has_image and not troute.vision)):
+            return
+        partial = "".join(track.text)
+        messages = [*ctx.body["messages"], {"role": "assistant", "content": partial}]
+        payload = self._payload(ctx, troute, {"messages": messages, "continue_final_message": True,
+                                              "add_generation_prompt": False})
+        st.in_flight += 1
+        resp: aiohttp.ClientResponse | None = None
+        started = False
+        try:
+            async with asyncio.timeout(troute.first_token_timeout):
+                resp = await self.session.post(
+                    troute.chat_url, data=payload, headers=self._headers(troute),
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=troute.connect_timeout,
+                                                  sock_read=troute.stream_idle_timeout))
+            if resp.status != 200:
+                self.failures.write({"request_id": ctx.request_id, "route": target, "kind": "continuation",
+                                     "detail": f"http_{resp.status}: {_error_text(await resp.read())}"})
+                return
+            cont = _StreamTrack()
+            while True:
+                ev = await _read_event(resp.content)
+                if ev is None:
+                    if cont.finished:
+                        break
+                    raise UpstreamFault("stream_cut", "continuation cut")
+                data = _sse_data(ev)
+                if data is None:
+                    continue
+                if data == b"[DONE]":
+                    break
+                cont.feed(data)
+                chunk = orjson.loads(data)
+                # Keep the client's stream id; drop the continuation's role-only opener.
+                if track.chunk_id:
+                    chunk["id"] = track.chunk_id
+                choices = chunk.get("choices") or []
+                if choices and choices[0].get("delta") in ({"role": "assistant", "content": ""},
+                                                           {"role": "assistant"}) \
+                        and not choices[0].get("finish_reason"):
+                    continue
+                started = True
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            if not cont.finished:
+                raise UpstreamFault("stream_cut", "continuation ended without finish_reason")
+            self._count_move(name, target, "mid_stream")
+            ctx.path.append(target)
+            ctx.final_route = target
+            ctx.events.append(f"continued_on:{target}")
+            self.finish(ctx, target)
+            yield DONE
+        except (UpstreamFault, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.failures.write({"request_id": ctx.request_id, "route": target, "kind": "continuation",
+                                 "detail": str(exc)})
+            if started:
+                # Part of the continuation went out: the caller must still end with an error.
+                ctx.status = 502
+                ctx.error = f"continuation on {target} failed: {exc}"
+                msg = f"The answer could not be completed: {ctx.error}"
+                yield b"data: " + orjson.dumps(
+                    error_body(msg, type_="server_error", code="upstream_stream_failed")) + b"\n\n"
+                self.finish(ctx, target)
+        finally:
+            st.in_flight -= 1
+            if resp is not None:
+                resp.close()
+
+    # ---- camera triage fails closed ------------------------------------------------------
+
+    def _validate_camera(self, ctx: Ctx, name: str, raw: bytes) -> bytes:
+        rf = ctx.body.get("response_format")
+        if not isinstance(rf, dict) or rf.get("type") != "json_schema":
+            return raw
+        schema = (rf.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            return raw
+        reason = None
+        try:
+            body = orjson.loads(raw)
+            content = body["choices"][0]["message"]["content"]
+            answer = orjson.loads(content)
+            jsonschema.validate(answer, schema)
+            return raw
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+            reason = f"answer is not valid JSON: {type(exc).__name__}: {exc}"
+        except jsonschema.ValidationError as exc:
+            reason = f"answer does not match the schema: {exc.message}"
+        except jsonschema.SchemaError as exc:
+            reason = f"the request's schema is invalid: {exc.message}"
+        envelope = {"verdict": "ambiguous", "confidence": 0.0, "escalate_to_spark": True,
+                    "synthetic": True, "reason": reason}
+        self.validations.write({"source": "router", "request_id": ctx.request_id, "route": name,
+                                "reason": reason, "answer": raw[:2000].decode("utf-8", "replace")})
+        ctx.events.append("camera_triage_synthetic")
+        try:
+            body = orjson.loads(raw)
+            if not isinstance(body, dict) or not body.get("choices"):
+                raise ValueError
+        except (orjson.JSONDecodeError, ValueError):
+            body = {"id": f"chatcmpl-{ctx.request_id}", "object": "chat.completion",
+                    "created": int(time.time()), "model": ctx.policy.routes[name].model,
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant"}}]}
+        body["choices"][0]["message"]["content"] = orjson.dumps(envelope).decode()
+        return orjson.dumps(body)
+
+    # ---- the decision log ----------------------------------------------------------------
+
+    def finish(self, ctx: Ctx, route: str) -> None:
+        total = time.perf_counter() - ctx.started
+        d = ctx.decision
+        status = ctx.status or 200
+        self.metrics.requests.labels(route, d.bucket or "", ctx.reason, str(status)).inc()
+        self.metrics.latency.labels(route).observe(total)
+        self.metrics.overhead.observe(max(0.0, (ctx.ttfb or total) - ctx.upstream_wait))
+        record: dict[str, Any] = {
+            "request_id": ctx.request_id,
+            "model": ctx.pre.model,
+            "bucket": d.bucket,
+            "scores": d.scores,
+            "route": route,
+            "reason": ctx.reason,
+            "decided_route": d.route,
+            "fallback_path": ctx.path,
+            "status": status,
+            "latency_ms": round(total * 1000, 3),
+            "has_image": ctx.pre.has_image,
+            "tokens": ctx.pre.tokens,
+            "stream": ctx.pre.stream,
+        }
+        if ctx.ttfb is not None:
+            record["ttfb_ms"] = round(ctx.ttfb * 1000, 3)
+        if ctx.error:
+            record["error"] = ctx.error
+        if ctx.events:
+            record["events"] = ctx.events
+        self.decisions.write(record)

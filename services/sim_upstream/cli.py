@@ -1,0 +1,46 @@
+"""``homelab sim-upstream``: run one simulated OpenAI-compatible model server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+
+from services.sim_upstream.server import SimConfig, SimUpstream
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--model", default="sim-model")
+    ap.add_argument("--ttft", type=float, default=0.0, help="seconds to the first token")
+    ap.add_argument("--per-token", type=float, default=0.0, help="seconds between tokens")
+    ap.add_argument("--words", type=int, default=12, help="answer length in words")
+    ap.add_argument("--no-vision", action="store_true", help="answer image parts with 400 (LM Studio)")
+    ap.add_argument("--slots", type=int, default=None, help="concurrent requests before 503 busy")
+    ap.add_argument("--no-continuation", action="store_true", help="refuse assistant-prefill continuation")
+    ap.add_argument("--fault", default="none", help="none|http_500|http_502|http_503|http_429|hang|"
+                    "slow_first_token|cut|stall|malformed|no_done|context_length|content_policy|cuda_error|reset")
+    ap.add_argument("--fault-after", type=int, default=2)
+    ap.add_argument("--fault-delay", type=float, default=30.0)
+
+
+async def _serve(sim: SimUpstream) -> None:
+    await sim.start()
+    print(f"sim-upstream {sim.config.model} on {sim.base_url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await sim.close()
+
+
+def run(a: argparse.Namespace) -> int:
+    cfg = SimConfig(model=a.model, ttft=a.ttft, per_token=a.per_token, words=a.words, vision=not a.no_vision,
+                    slots=a.slots, continuation=not a.no_continuation, fault=a.fault,
+                    fault_after=a.fault_after, fault_delay=a.fault_delay)
+    asyncio.run(_serve(SimUpstream(cfg, a.host, a.port)))
+    return 0

@@ -1,0 +1,322 @@
+"""Simulated OpenAI-compatible model server with configurable latency, capacity and faults.
+
+Runtime control for tests: ``POST /_sim/config`` (partial SimConfig), ``GET /_sim/stats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+import uuid
+from typing import Any, Literal
+
+import orjson
+from aiohttp import ClientConnectionResetError, web
+from pydantic import BaseModel, ConfigDict
+
+Fault = Literal[
+    "none",
+    "http_500",
+    "http_502",
+    "http_503",
+    "http_429",
+    "hang",  # accept, never send headers
+    "slow_first_token",  # headers at once, first content after fault_delay
+    "cut",  # close the connection after fault_after chunks
+    "stall",  # stop sending after fault_after chunks, keep the connection open
+    "malformed",  # a chunk that is not JSON after fault_after chunks
+    "no_done",  # finish properly but never send [DONE]; keep the connection open
+    "context_length",
+    "content_policy",
+    "cuda_error",
+    "reset",  # accept the request, close the socket before headers
+]
+
+
+class SimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model: str = "sim-model"
+    ttft: float = 0.0  # seconds before the first token
+    per_token: float = 0.0  # seconds between tokens
+    words: int = 12  # answer length in words
+    vision: bool = True
+    slots: int | None = None  # concurrent requests before answering 503
+    continuation: bool = True  # finish a partial answer from an assistant prefill
+    fault: Fault = "none"
+    fault_after: int = 2  # chunks before a mid-stream fault
+    fault_delay: float = 30.0  # how long hang/stall/slow_first_token wait
+    fault_count: int | None = None  # faulty requests before healing (None: forever)
+    retry_after: float = 1.0  # Retry-After seconds for http_429
+    json_answer: Any = None  # fixed JSON answer (or a raw string) for response_format requests
+    embedding_dims: int = 8
+
+
+def answer_text(model: str, words: int) -> str:
+    """The deterministic answer a simulated model gives."""
+    body = " ".join(f"word{i}" for i in range(words))
+    return f"Answer from {model}: {body}."
+
+
+def _tokens(text: str) -> list[str]:
+    # Split keeping the separators so joined chunks rebuild the exact text.
+    out = []
+    for i, w in enumerate(text.split(" ")):
+        out.append(w if i == 0 else " " + w)
+    return out
+
+
+def _example_for_schema(schema: dict[str, Any]) -> Any:
+    t = schema.get("type")
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    if t == "object" or "properties" in schema:
+        props = schema.get("properties", {})
+        return {k: _example_for_schema(v) for k, v in props.items()}
+    if t == "array":
+        return [_example_for_schema(schema.get("items", {"type": "string"}))]
+    if t == "integer":
+        return int(schema.get("minimum", 1))
+    if t == "number":
+        return float(schema.get("maximum", 1.0))
+    if t == "boolean":
+        return True
+    return "sim"
+
+
+def _has_image(messages: list[Any]) -> bool:
+    for m in messages:
+        c = m.get("content") if isinstance(m, dict) else None
+        if isinstance(c, list) and any(isinstance(p, dict) and p.get("type") == "image_url" for p in c):
+            return True
+    return False
+
+
+def _err(status: int, message: str, type_: str, code: str | None = None, **headers: str) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                        headers=headers)
+
+
+class SimUpstream:
+    """One simulated model server on loopback; start/stop (refuse connections) at will."""
+
+    def __init__(self, config: SimConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.config = config or SimConfig()
+        self.host = host
+        self.port = port
+        self.active = 0
+        self.requests = 0
+        self.faults_served = 0
+        self.last_body: dict[str, Any] | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self.app = web.Application(client_max_size=256 * 1024 * 1024)
+        self.app.add_routes([
+            web.get("/v1/models", self._models),
+            web.post("/v1/chat/completions", self._chat),
+            web.post("/v1/embeddings", self._embeddings),
+            web.get("/_sim/stats", self._stats),
+            web.post("/_sim/config", self._set_config),
+        ])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    async def start(self) -> None:
+        if self._runner is None:
+            self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+            await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await self._site.start()
+        if self.port == 0:
+            self.port = int(self._runner.addresses[-1][1])
+
+    async def stop_listening(self) -> None:
+        """Refuse new connections (the port closes); start() listens again on the same port."""
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+
+    async def close(self) -> None:
+        await self.stop_listening()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def configure(self, **changes: Any) -> None:
+        self.config = self.config.model_copy(update=changes)
+        SimConfig.model_validate(self.config.model_dump())
+        self.faults_served = 0
+
+    def _fault(self) -> Fault:
+        c = self.config
+        if c.fault == "none":
+            return "none"
+        if c.fault_count is not None and self.faults_served >= c.fault_count:
+            return "none"
+        self.faults_served += 1
+        return c.fault
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = {"object": "list", "data": [
+            {"id": self.config.model, "object": "model", "created": 0, "owned_by": "homelab-sim"}
+        ]}
+        return web.Response(body=orjson.dumps(data), content_type="application/json")
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"requests": self.requests, "active": self.active,
+                                  "config": self.config.model_dump()})
+
+    async def _set_config(self, request: web.Request) -> web.Response:
+        try:
+            self.configure(**(await request.json()))
+        except Exception as exc:  # a bad control message is the caller's problem, not a crash
+            return _err(400, str(exc), "invalid_request_error")
+        return web.json_response(self.config.model_dump())
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _err(400, "invalid JSON", "invalid_request_error")
+        inputs = body.get("input")
+        items = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        data = []
+        for i, item in enumerate(items):
+            digest = hashlib.sha256(str(item).encode()).digest()
+            vec = [b / 255.0 for b in digest[: self.config.embedding_dims]]
+            data.append({"object": "embedding", "index": i, "embedding": vec})
+        usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
+        out = {"object": "list", "data": data, "model": self.config.model, "usage": usage}
+        return web.Response(body=orjson.dumps(out), content_type="application/json")
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        c = self.config
+        if c.slots is not None and self.active >= c.slots:
+            return _err(503, "Server busy: all slots are in use", "server_error", "busy")
+        self.active += 1
+        try:
+            return await self._chat_inner(request, c)
+        finally:
+            self.active -= 1
+
+    async def _chat_inner(self, request: web.Request, c: SimConfig) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _err(400, "invalid JSON", "invalid_request_error")
+        self.last_body = body
+        messages = body.get("messages") or []
+        fault = self._fault()
+        if fault == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=500)
+        if fault == "hang":
+            await asyncio.sleep(c.fault_delay)
+        if fault in ("http_500", "http_502"):
+            return _err(int(fault[-3:]), "Internal server error", "server_error")
+        if fault == "cuda_error":
+            return _err(500, "CUDA error: an illegal memory access was encountered", "server_error")
+        if fault == "http_503":
+            return _err(503, "Service unavailable", "server_error")
+        if fault == "http_429":
+            return _err(429, "Rate limited", "rate_limit_error", "rate_limited",
+                        **{"Retry-After": str(c.retry_after)})
+        if fault == "context_length":
+            return _err(400, "This model's maximum context length is 8192 tokens.",
+                        "invalid_request_error", "context_length_exceeded")
+        if fault == "content_policy":
+            return _err(400, "The prompt was rejected by the content policy.",
+                        "invalid_request_error", "content_policy_violation")
+        if _has_image(messages) and not c.vision:
+            # LM Studio answers an image sent to a text-only model like this.
+            return _err(400, f"Model {c.model} does not support images", "invalid_request_error")
+
+        prefix = ""
+        if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant" \
+                and body.get("continue_final_message"):
+            if not c.continuation:
+                return _err(400, "continue_final_message is not supported", "invalid_request_error")
+            prefix = str(messages[-1].get("content") or "")
+
+        rf = body.get("response_format")
+        if isinstance(rf, dict) and rf.get("type") in ("json_schema", "json_object"):
+            if c.json_answer is not None:
+                text = c.json_answer if isinstance(c.json_answer, str) else orjson.dumps(c.json_answer).decode()
+            else:
+                schema = (rf.get("json_schema") or {}).get("schema") or {"type": "object"}
+                text = orjson.dumps(_example_for_schema(schema)).decode()
+        else:
+            text = answer_text(c.model, c.words)
+        if prefix:
+            # Continue the canonical answer from where the partial one stopped.
+            text = text[len(prefix):] if text.startswith(prefix) else text
+        prompt_tokens = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict)) // 4
+        pieces = _tokens(text) if text else []
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
+                 "total_tokens": prompt_tokens + len(pieces)}
+        cid = "chatcmpl-" + uuid.uuid4().hex[:24]
+        created = int(time.time())
+
+        if not body.get("stream"):
+            if fault == "slow_first_token":
+                await asyncio.sleep(c.fault_delay)
+            await asyncio.sleep(c.ttft + c.per_token * len(pieces))
+            out = {"id": cid, "object": "chat.completion", "created": created, "model": c.model,
+                   "choices": [{"index": 0, "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": text}}],
+                   "usage": usage}
+            return web.Response(body=orjson.dumps(out), content_type="application/json")
+
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        # The client going away mid-stream is normal: nothing left to answer.
+        with contextlib.suppress(ConnectionResetError, ClientConnectionResetError):
+            await self._stream(request, resp, c, body, fault, pieces, usage, cid, created)
+        return resp
+
+    async def _stream(self, request: web.Request, resp: web.StreamResponse, c: SimConfig,
+                      body: dict[str, Any], fault: Fault, pieces: list[str], usage: dict[str, int],
+                      cid: str, created: int) -> None:
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            ev = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": c.model,
+                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return b"data: " + orjson.dumps(ev) + b"\n\n"
+
+        await resp.write(chunk({"role": "assistant", "content": ""}))
+        await asyncio.sleep(c.ttft)
+        if fault == "slow_first_token":
+            await asyncio.sleep(c.fault_delay)
+        for i, piece in enumerate(pieces):
+            if i == c.fault_after and fault in ("cut", "stall", "malformed"):
+                if fault == "cut":
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return
+                if fault == "stall":
+                    await asyncio.sleep(c.fault_delay)
+                    return
+                await resp.write(b"data: {\"id\": broken-json\n\n")
+            if i and c.per_token:
+                await asyncio.sleep(c.per_token)
+            await resp.write(chunk({"content": piece}))
+        await resp.write(chunk({}, "stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            ev = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": c.model,
+                  "choices": [], "usage": usage}
+            await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
+        if fault == "no_done":
+            await asyncio.sleep(c.fault_delay)
+            return
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
