@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, field_validator
 
 from services.router.errors import RequestError
 
@@ -38,7 +38,7 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
     messages: list[ChatMessage]
-    stream: bool = False
+    stream: StrictBool = False
     metadata: dict[str, Any] | None = None
 
     @field_validator("messages")
