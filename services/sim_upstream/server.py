@@ -53,10 +53,11 @@ class SimConfig(BaseModel):
     embedding_dims: int = 8
 
 
-def answer_text(model: str, words: int) -> str:
-    """The deterministic answer a simulated model gives."""
+def answer_text(words: int = 12) -> str:
+    """The deterministic answer every simulated model gives (the same on every route, so one
+    route can continue what another started)."""
     body = " ".join(f"word{i}" for i in range(words))
-    return f"Answer from {model}: {body}."
+    return f"The simulated answer: {body}."
 
 
 def _tokens(text: str) -> list[str]:
@@ -114,39 +115,42 @@ class SimUpstream:
         self.last_body: dict[str, Any] | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self.app = web.Application(client_max_size=256 * 1024 * 1024)
-        self.app.add_routes([
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def _make_app(self) -> web.Application:
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.add_routes([
             web.get("/v1/models", self._models),
             web.post("/v1/chat/completions", self._chat),
             web.post("/v1/embeddings", self._embeddings),
             web.get("/_sim/stats", self._stats),
             web.post("/_sim/config", self._set_config),
         ])
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        return app
 
     async def start(self) -> None:
-        if self._runner is None:
-            self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-            await self._runner.setup()
+        """Listen (again) on the port; the first start picks a free port if none was given."""
+        self._runner = web.AppRunner(self._make_app(), access_log=None, handle_signals=False,
+                                     shutdown_timeout=0.1)
+        await self._runner.setup()
+        # A dead server does not wait for its handlers: close at once.
         self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await self._site.start()
         if self.port == 0:
             self.port = int(self._runner.addresses[-1][1])
 
     async def stop_listening(self) -> None:
-        """Refuse new connections (the port closes); start() listens again on the same port."""
-        if self._site is not None:
-            await self._site.stop()
+        """Act like a dead server: the port refuses connections and open ones are closed."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
             self._site = None
 
     async def close(self) -> None:
         await self.stop_listening()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     def configure(self, **changes: Any) -> None:
         self.config = self.config.model_copy(update=changes)
@@ -256,7 +260,7 @@ class SimUpstream:
                 schema = (rf.get("json_schema") or {}).get("schema") or {"type": "object"}
                 text = orjson.dumps(_example_for_schema(schema)).decode()
         else:
-            text = answer_text(c.model, c.words)
+            text = answer_text(c.words)
         if prefix:
             # Continue the canonical answer from where the partial one stopped.
             text = text[len(prefix):] if text.startswith(prefix) else text
