@@ -204,7 +204,7 @@ def test_mid_stream_failure_without_continuation_ends_with_an_error(lab: Lab, cl
 
 def test_missing_done_after_a_proper_finish_is_finalised(lab: Lab, client: OpenAI) -> None:
     lab.configure("ubuntu-6000", fault="no_done", fault_delay=60)  # keeps the connection open for a minute
-    text, headers = stream(client)  # the client's 20 s timeout would fail this if the router waited
+    text, _ = stream(client)  # the client's 20 s timeout would fail this if the router waited
     assert text == FULL
     assert "finalised_without_done" in last_decision(lab)["events"]
 

@@ -68,5 +68,5 @@ def test_bad_yaml_and_missing_file_are_clear() -> None:
 def test_a_failing_golden_case_rejects_the_policy() -> None:
     data = example()
     data["examples"] = [{"prompt": "refactor this function", "expect_route": "spark"}]
-    with pytest.raises(PolicyError, match="golden cases failed.*expected \\* -> spark, got coding -> ubuntu-6000"):
+    with pytest.raises(PolicyError, match=r"golden cases failed.*expected \* -> spark, got coding -> ubuntu-6000"):
         compile_policy(parse_policy(yaml.safe_dump(data)))
