@@ -118,12 +118,13 @@ def wrk(url: str, body: str, conns: int, duration: int, extra: dict[str, str] | 
     return {"p50": lat["50"], "p99": lat["99"], "rps": rps, "errors": errors}
 
 
-async def ttfb(url: str, n: int) -> list[float]:
+async def ttfb(url: str, body: str, n: int) -> list[float]:
+    """Time to the first streamed bytes, sequential requests on one keep-alive connection."""
     out = []
     async with aiohttp.ClientSession() as s:
         for _ in range(n):
             t0 = time.perf_counter()
-            async with s.post(url, data=SBODY, headers={"Content-Type": "application/json"}) as r:
+            async with s.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
                 await r.content.readany()
                 out.append((time.perf_counter() - t0) * 1000)
                 await r.read()
@@ -139,8 +140,7 @@ def rss_mb(pid: int) -> float:
 
 def classifier_times() -> list[tuple[int, float]]:
     clf = Classifier(load_policy(ROOT / "config" / "routing_policy.yaml"))
-    words = ("the quick brown fox jumps over lazy dogs while we refactor some code and review "
-             "the plan for a camera alert ").split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dogs", "while", "we", "refactor", "some", "code", "and", "review", "the", "plan", "for", "a", "camera", "alert"]
     rows = []
     for tokens in (1024, 8192, 32768, 131072):
         text = ""
@@ -193,24 +193,9 @@ def main() -> int:
             rr = wrk(via, BODY, conns, d)
             rows.append((conns, rd, rr))
         sse_direct = f"http://127.0.0.1:{sse_port}/v1/chat/completions"
-        td = asyncio.run(ttfb(sse_direct, 300))
-        tr = asyncio.run(ttfb(via.replace("/chat", "/chat"), 1))  # warm the streaming path
-        tr = asyncio.run(ttfb(via, 300)) if False else []
-        # streaming through the router: pin the SSE upstream (win-5090 = homelab/chat)
-        sbody_pinned = SBODY.replace("homelab/auto", "homelab/chat")
-
-        async def ttfb_pinned(url: str, n: int) -> list[float]:
-            out = []
-            async with aiohttp.ClientSession() as s:
-                for _ in range(n):
-                    t0 = time.perf_counter()
-                    async with s.post(url, data=sbody_pinned, headers={"Content-Type": "application/json"}) as r:
-                        await r.content.readany()
-                        out.append((time.perf_counter() - t0) * 1000)
-                        await r.read()
-            return out
-
-        tr = asyncio.run(ttfb_pinned(via, 300))
+        td = asyncio.run(ttfb(sse_direct, SBODY, 300))
+        # through the router, pinned to the route whose upstream streams (win-5090 = homelab/chat)
+        tr = asyncio.run(ttfb(via, SBODY.replace("homelab/auto", "homelab/chat"), 300))
         rss = rss_mb(router.pid)
         clf = classifier_times()
     finally:
