@@ -140,7 +140,8 @@ def rss_mb(pid: int) -> float:
 
 def classifier_times() -> list[tuple[int, float]]:
     clf = Classifier(load_policy(ROOT / "config" / "routing_policy.yaml"))
-    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dogs", "while", "we", "refactor", "some", "code", "and", "review", "the", "plan", "for", "a", "camera", "alert"]
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dogs", "while", "we", "refactor",
+             "some", "code", "and", "review", "the", "plan", "for", "a", "camera", "alert"]
     rows = []
     for tokens in (1024, 8192, 32768, 131072):
         text = ""
