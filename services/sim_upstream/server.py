@@ -282,9 +282,9 @@ class SimUpstream:
             return web.Response(body=orjson.dumps(out), content_type="application/json")
 
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
         # The client going away mid-stream is normal: nothing left to answer.
         with contextlib.suppress(ConnectionResetError, ClientConnectionResetError):
+            await resp.prepare(request)
             await self._stream(request, resp, c, body, fault, pieces, usage, cid, created)
         return resp
 
