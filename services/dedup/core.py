@@ -1,0 +1,95 @@
+"""Two-layer dedup, decided without a broker: identity (TTL), then camera + kind window across triggers.
+
+The first event is forwarded at once; later ones are dropped. State is SQLite, so a restart of
+dedup (or ring-mqtt replaying its state) fires nothing again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from shared.messages import CameraEvent
+from shared.settings import DedupSettings
+
+Verdict = Literal["forward", "duplicate", "merged"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS seen (identity TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS forwarded (
+    camera TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, at REAL NOT NULL, event_id TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS forwarded_key ON forwarded (camera, kind, at);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    merged_into: str | None = None
+
+
+class DedupStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class Deduper:
+    def __init__(self, store: DedupStore, cfg: DedupSettings) -> None:
+        self.db = store.db
+        self.cfg = cfg
+        self.counts: dict[str, int] = {"forward": 0, "duplicate": 0, "merged": 0}
+        for name, value in self.db.execute("SELECT name, value FROM counters"):
+            self.counts[name] = value
+
+    def decide(self, ev: CameraEvent, now: float) -> Decision:
+        """Decide and record; call once per received event."""
+        db = self.db
+        if db.execute("SELECT 1 FROM seen WHERE identity = ?", (ev.event_id,)).fetchone():
+            return self._count(Decision("duplicate"))
+        db.execute("BEGIN")
+        try:
+            db.execute("INSERT INTO seen (identity, at) VALUES (?, ?)", (ev.event_id, now))
+            w = self.cfg.window
+            row = None
+            if w > 0:
+                # the window is measured on event time, so triggers that arrive late still merge
+                row = db.execute(
+                    "SELECT event_id FROM forwarded WHERE camera = ? AND kind = ? AND source != ? "
+                    "AND at BETWEEN ? AND ? ORDER BY at DESC LIMIT 1",
+                    (ev.camera, ev.kind, ev.source, ev.started_at - w, ev.started_at + w)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO forwarded (camera, kind, source, at, event_id) VALUES (?, ?, ?, ?, ?)",
+                           (ev.camera, ev.kind, ev.source, ev.started_at, ev.event_id))
+                decision = Decision("forward")
+            else:
+                decision = Decision("merged", row[0])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return self._count(decision)
+
+    def forget(self, ev: CameraEvent) -> None:
+        """Undo a forward that could not be published, so the event is not lost on redelivery."""
+        self.db.execute("DELETE FROM seen WHERE identity = ?", (ev.event_id,))
+        self.db.execute("DELETE FROM forwarded WHERE event_id = ?", (ev.event_id,))
+
+    def prune(self, now: float) -> None:
+        self.db.execute("DELETE FROM seen WHERE at < ?", (now - self.cfg.identity_ttl,))
+        self.db.execute("DELETE FROM forwarded WHERE at < ?", (now - max(self.cfg.window * 10, 3600),))
+
+    def _count(self, d: Decision) -> Decision:
+        self.counts[d.verdict] += 1
+        self.db.execute("INSERT INTO counters (name, value) VALUES (?, 1) "
+                        "ON CONFLICT(name) DO UPDATE SET value = value + 1", (d.verdict,))
+        return d

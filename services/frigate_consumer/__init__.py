@@ -1,0 +1,1 @@
+"""frigate_consumer: Frigate events/reviews → CameraEvent on homelab/camera/event/raw."""

@@ -1,0 +1,84 @@
+"""Pure handlers: a decoded Frigate message in, the CameraEvent to publish (if any) out."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from shared.messages import CameraEvent, FrigateEvent, FrigateObject, FrigateReview, SnapshotRef
+from shared.settings import FrigateSettings
+
+MAX_OPEN = 10_000  # events tracked at once; the oldest is forgotten first
+
+
+class FrigateIngest:
+    """``new`` opens an event, ``update`` refreshes it, ``end`` closes it; one CameraEvent per event.
+
+    An event is published the first time it passes the filters (a zone entered in an update
+    counts), whatever message type that is, so a consumer that missed ``new`` still reports it.
+    """
+
+    def __init__(self, cfg: FrigateSettings, frigate_url: str) -> None:
+        self.cfg = cfg
+        self.base = frigate_url.rstrip("/")
+        self.opened: OrderedDict[str, float] = OrderedDict()
+
+    def passes(self, obj: FrigateObject) -> bool:
+        c = self.cfg
+        if obj.false_positive:
+            return False
+        if c.cameras and obj.camera not in c.cameras:
+            return False
+        if c.labels and obj.label not in c.labels:
+            return False
+        if c.zones and not set(c.zones) & (set(obj.current_zones) | set(obj.entered_zones)):
+            return False
+        score = obj.top_score if obj.top_score is not None else obj.score
+        return not (c.min_score and (score is None or score < c.min_score))
+
+    def snapshot(self, frigate_id: str) -> SnapshotRef:
+        return SnapshotRef(kind="frigate", url=f"{self.base}/api/events/{frigate_id}/snapshot.jpg")
+
+    def on_event(self, ev: FrigateEvent) -> CameraEvent | None:
+        obj = ev.after
+        if obj.id in self.opened:
+            if ev.type == "end":
+                del self.opened[obj.id]
+            return None
+        if not self.passes(obj):
+            return None
+        if ev.type != "end":
+            self.opened[obj.id] = obj.start_time
+            while len(self.opened) > MAX_OPEN:
+                self.opened.popitem(last=False)
+        zones = tuple(dict.fromkeys((*obj.entered_zones, *obj.current_zones)))
+        return CameraEvent(
+            event_id=f"frigate:{obj.id}", source="frigate", camera=obj.camera, kind=obj.label, label=obj.label,
+            sub_label=obj.sub_label, score=obj.top_score if obj.top_score is not None else obj.score,
+            zones=zones, started_at=obj.start_time, ended_at=obj.end_time, snapshot=self.snapshot(obj.id),
+        )
+
+    def on_review(self, rv: FrigateReview) -> CameraEvent | None:
+        """With ``trigger: reviews``: an ``alert`` review opens the event of its first detection."""
+        item = rv.after
+        if item.severity != "alert" or rv.type == "genai":
+            return None
+        c = self.cfg
+        if c.cameras and item.camera not in c.cameras:
+            return None
+        label = item.data.objects[0] if item.data.objects else "alert"
+        if c.labels and not set(c.labels) & set(item.data.objects):
+            return None
+        if c.zones and not set(c.zones) & set(item.data.zones):
+            return None
+        key = item.data.detections[0] if item.data.detections else item.id
+        if key in self.opened:
+            if rv.type == "end":
+                del self.opened[key]
+            return None
+        if rv.type != "end":
+            self.opened[key] = item.start_time
+        return CameraEvent(
+            event_id=f"frigate:{key}", source="frigate", camera=item.camera, kind=label, label=label,
+            zones=item.data.zones, started_at=item.start_time, ended_at=item.end_time,
+            snapshot=self.snapshot(key) if item.data.detections else None,
+        )

@@ -1,0 +1,70 @@
+"""What every MQTT service shares at its edge: decoding with a logged, skipped failure; the run loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from shared.jsonl import JsonlWriter
+from shared.messages import Invalid
+from shared.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger("homelab.service")
+
+
+class Validations:
+    """structured-validation.jsonl for one service: every payload that did not decode, and why."""
+
+    def __init__(self, settings: Settings, source: str) -> None:
+        self.source = source
+        self.writer = JsonlWriter(settings.log_dir / "structured-validation.jsonl")
+        self.count = 0
+
+    def invalid(self, topic: str, payload: bytes, error: str) -> None:
+        self.count += 1
+        log.warning("%s: skipped a malformed payload on %s: %s", self.source, topic, error[:200])
+        rec = Invalid(source=self.source, topic=topic, error=error[:1000],
+                      payload=payload[:500].decode("utf-8", "replace"))
+        self.writer.write(rec.model_dump())
+
+    def decode(self, model: type[M], topic: str, payload: bytes) -> M | None:
+        """Decode a payload into ``model``; a bad one is logged and skipped (None), never raised."""
+        try:
+            return model.model_validate_json(payload)
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            where = ".".join(str(p) for p in e["loc"]) or "payload"
+            self.invalid(topic, payload, f"{where}: {e['msg']}")
+        except (ValueError, RecursionError) as exc:  # pydantic raises ValueError on bad JSON too
+            self.invalid(topic, payload, f"{type(exc).__name__}: {exc}")
+        return None
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_service(main: Callable[[Settings], Coroutine[Any, Any, None]], settings: Settings) -> int:
+    """Run a service's main until SIGINT/SIGTERM, then let it shut down cleanly."""
+
+    async def runner() -> None:
+        task = asyncio.create_task(main(settings), name=main.__module__)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(runner())
+    return 0

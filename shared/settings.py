@@ -1,0 +1,124 @@
+"""Settings every service reads: one YAML file (HOMELAB_CONFIG) with environment overrides.
+
+Validated once at start; a bad file stops the service with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+DEFAULT_CONFIG = Path("config/homelab.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FrigateSettings(_Section):
+    topic_prefix: str = "frigate"
+    # "events": frigate/events opens an event; "reviews": an alert review opens it.
+    trigger: str = Field(default="events", pattern="^(events|reviews)$")
+    cameras: tuple[str, ...] = ()  # empty: every camera
+    labels: tuple[str, ...] = ()  # empty: every label Frigate tracks
+    zones: tuple[str, ...] = ()  # empty: anywhere; else the object must be in one of them
+    min_score: float = Field(default=0.0, ge=0, le=1)
+
+
+class RingSettings(_Section):
+    token_file: Path | None = None  # ring-doorbell's cached OAuth token (no password is stored)
+    mqtt_prefix: str = "ring"  # ring-mqtt's base topic; "" turns that trigger off
+    poll_interval: float = Field(default=60.0, ge=0)  # 0 turns polling off
+    max_age: float = Field(default=300.0, gt=0)  # older dings (replays, history) are not new events
+    # Map a Ring device (doorbot id, ring-mqtt device id or device name) to a camera name.
+    cameras: dict[str, str] = {}
+
+
+class DedupSettings(_Section):
+    identity_ttl: float = Field(default=7 * 86400, gt=0)
+    window: float = Field(default=20.0, ge=0)  # same camera + kind from another trigger inside it: merged
+
+
+class Settings(_Section):
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    router_url: str = "http://127.0.0.1:8080/v1"
+    frigate_url: str = "http://127.0.0.1:5000"
+    netdata_url: str | None = None
+    state_dir: Path = Path("state")
+    log_dir: Path = Path("logs")
+    admin_token: SecretStr | None = None
+    frigate: FrigateSettings = FrigateSettings()
+    ring: RingSettings = RingSettings()
+    dedup: DedupSettings = DedupSettings()
+
+
+ENV = {
+    "HOMELAB_MQTT_URL": "mqtt_url",
+    "HOMELAB_ROUTER_URL": "router_url",
+    "HOMELAB_FRIGATE_URL": "frigate_url",
+    "HOMELAB_NETDATA_URL": "netdata_url",
+    "HOMELAB_STATE_DIR": "state_dir",
+    "HOMELAB_LOG_DIR": "log_dir",
+    "HOMELAB_ADMIN_TOKEN": "admin_token",
+}
+
+
+class SettingsError(Exception):
+    """The settings file or environment is invalid (not retryable: fix and restart)."""
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    explicit = path is not None or bool(env.get("HOMELAB_CONFIG"))
+    path = path or Path(env.get("HOMELAB_CONFIG") or DEFAULT_CONFIG)
+    data: dict[str, object] = {}
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{path}: invalid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"{path}: settings must be a mapping")
+        data = loaded
+    elif explicit:
+        raise SettingsError(f"{path}: settings file not found")
+    for var, key in ENV.items():
+        if env.get(var):
+            data[key] = env[var]
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        loc = ".".join(str(p) for p in e["loc"])
+        raise SettingsError(f"{path}: {loc}: {e['msg']}") from exc
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:  # never log the password
+        user = f"{self.username}@" if self.username else ""
+        return f"mqtt://{user}{self.host}:{self.port}"
+
+
+def parse_mqtt_url(url: str) -> MqttTarget:
+    """``mqtt://[user:pass@]host:port`` → MqttTarget."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        raise SettingsError(f"HOMELAB_MQTT_URL: expected mqtt://[user:pass@]host:port, got {parts.scheme}://…")
+    return MqttTarget(
+        host=parts.hostname,
+        port=parts.port or 1883,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )

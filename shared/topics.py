@@ -1,0 +1,17 @@
+"""MQTT topic names: the contract (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+RAW = "homelab/camera/event/raw"
+UNIQUE = "homelab/camera/event/unique"
+TRIAGE = "homelab/camera/triage"
+NOTIFY_RICH = "homelab/notify/rich"
+NOTIFY_TEXT = "homelab/notify/text"
+TIMELINE = "homelab/timeline"
+HA_STATUS = "homeassistant/status"
+HA_PREFIX = "homeassistant"
+
+
+def status(service: str) -> str:
+    """Retained ``online``/``offline`` (LWT) of one service."""
+    return f"homelab/{service}/status"
