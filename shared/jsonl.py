@@ -16,19 +16,30 @@ def log_dir() -> Path:
 
 
 class JsonlWriter:
-    """Writes one JSON object per line; opened lazily, flushed per line so a crash loses nothing."""
+    """Writes one JSON object per line, flushed per line so a crash loses nothing.
 
-    def __init__(self, path: Path) -> None:
+    ``keep_open``: hold the file for a hot log (the router's decisions); a rare log (malformed
+    payloads) opens it per line and never holds a handle.
+    """
+
+    def __init__(self, path: Path, *, keep_open: bool = True) -> None:
         self.path = path
+        self.keep_open = keep_open
         self._fh: IO[bytes] | None = None
 
     def write(self, record: dict[str, Any]) -> None:
+        if "ts" not in record:
+            record = {"ts": round(time.time(), 3), **record}
+        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        if not self.keep_open:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "ab") as fh:
+                fh.write(line)
+            return
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "ab")  # noqa: SIM115 - kept open for the writer's life
-        if "ts" not in record:
-            record = {"ts": round(time.time(), 3), **record}
-        self._fh.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        self._fh.write(line)
         self._fh.flush()
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ class Validations:
 
     def __init__(self, settings: Settings, source: str) -> None:
         self.source = source
-        self.writer = JsonlWriter(settings.log_dir / "structured-validation.jsonl")
+        self.writer = JsonlWriter(settings.log_dir / "structured-validation.jsonl", keep_open=False)
         self.count = 0
 
     def invalid(self, topic: str, payload: bytes, error: str) -> None:
@@ -45,9 +45,6 @@ class Validations:
         except (ValueError, RecursionError) as exc:  # pydantic raises ValueError on bad JSON too
             self.invalid(topic, payload, f"{type(exc).__name__}: {exc}")
         return None
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -40,6 +41,9 @@ class Broker:
             conf = re.sub(r"^acl_file .*$", f"acl_file {ROOT / 'mosquitto' / 'acl'}", conf, flags=re.M)
         else:
             conf = re.sub(r"^acl_file .*$", "", conf, flags=re.M)
+        if os.geteuid() == 0:
+            # as root mosquitto drops to user "mosquitto", which cannot write this test's data dir
+            conf += "\nuser root\n"
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text(conf)
         self.proc: subprocess.Popen[bytes] | None = None

@@ -34,7 +34,6 @@ async def main(settings: Settings) -> None:
                 await _drain(bus, dedup, validations)
     finally:
         store.close()
-        validations.close()
 
 
 async def _handle(bus: Bus, dedup: Deduper, validations: Validations, topic: str, payload: bytes) -> None:
