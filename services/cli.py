@@ -22,7 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     u = sub.add_parser("up", help="run the embedded default: simulated upstreams and the router")
     up.add_arguments(u)
     sub.add_parser("router", help="run homelab-router (same flags as homelab-router)")
+    r = sub.add_parser("run", help="run one MQTT service in the foreground")
+    r.add_argument("service", help="frigate_consumer | ring_listener | dedup")
+    r.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
+    if a.cmd == "run":
+        from services.run import run
+
+        return run(a.service, a.log_level.upper())
     if a.cmd == "sim-upstream":
         return sim_cli.run(a)
     if a.cmd == "up":

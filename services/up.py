@@ -1,4 +1,5 @@
-"""``homelab up``: the embedded default — four simulated upstreams and the router, supervised."""
+"""``homelab up``: the embedded default — a local broker if none, four simulated upstreams, the router
+and the MQTT services, each a supervised child process."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
+from services.broker import broker_answers, local_config
 from services.router.policy import load_policy
 
 # The lab's rough time to first token per route (seconds); scaled down by default.
@@ -34,6 +37,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--latency-scale", type=float, default=0.2,
                     help="multiply the lab's latencies (vision 0.6 s, others 2-5 s); 1 = real")
     ap.add_argument("--no-sims", action="store_true", help="do not start simulated upstreams")
+    ap.add_argument("--no-services", action="store_true", help="router only: no MQTT services")
 
 
 def _children(a: argparse.Namespace) -> list[Child]:
@@ -53,7 +57,26 @@ def _children(a: argparse.Namespace) -> list[Child]:
             out.append(Child(f"sim:{name}", argv))
     out.append(Child("router", [*exe, "router", "--policy", str(a.policy), "--host", a.host,
                                 "--port", str(a.port)]))
+    if not a.no_services:
+        from services.run import SERVICES
+
+        out += [Child(name, [*exe, "run", name]) for name in SERVICES]
     return out
+
+
+def _local_broker(state_dir: Path) -> Child | None:
+    """Start Mosquitto from mosquitto/ when no broker is configured and none answers on :1883."""
+    if os.environ.get("HOMELAB_MQTT_URL") or broker_answers():
+        return None
+    if shutil.which("mosquitto") is None:
+        print("homelab up: no MQTT broker on 127.0.0.1:1883 and no mosquitto binary; "
+              "install mosquitto or set HOMELAB_MQTT_URL", file=sys.stderr)
+        return None
+    data = (state_dir / "mosquitto").resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    conf = data / "mosquitto.conf"
+    conf.write_text(local_config(1883, data))
+    return Child("mosquitto", ["mosquitto", "-c", str(conf)])
 
 
 async def _supervise(child: Child, stop: asyncio.Event) -> None:
@@ -103,6 +126,7 @@ homelab-router is up: {base}
 print(c.chat.completions.create(model='homelab/auto', messages=[{{'role': 'user', 'content': 'hi'}}]).model)"
 
   homelab-router explain "Review the security of this code"
+  camera pipeline: mosquitto_sub -v -t 'homelab/#'   (publish a Frigate event to frigate/events)
   metrics: http://{host}:{port}/metrics   stats: http://{host}:{port}/stats   (Ctrl-C stops everything)
 """
 
@@ -114,6 +138,10 @@ async def _main(a: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     children = _children(a)
+    os.environ.setdefault("HOMELAB_ROUTER_URL", f"http://{a.host}:{a.port}/v1")
+    broker = None if a.no_services else _local_broker(Path(os.environ.get("HOMELAB_STATE_DIR") or "state"))
+    if broker is not None:
+        children.insert(0, broker)
     async with asyncio.TaskGroup() as tg:
         for c in children:
             tg.create_task(_supervise(c, stop), name=f"supervise-{c.name}")

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+from services.broker import local_config
 from tests.harness import ROOT, free_port
-
-BASE_CONF = ROOT / "mosquitto" / "mosquitto.conf"
 
 
 class Broker:
@@ -24,26 +21,15 @@ class Broker:
         (self.dir / "data").mkdir(exist_ok=True)
         self.port = free_port()
         self.users = users or {}
-        conf = BASE_CONF.read_text()
-        conf = re.sub(r"^persistence_location .*$", f"persistence_location {self.dir / 'data'}/", conf, flags=re.M)
-        conf = re.sub(r"^listener .*$", f"listener {self.port} 127.0.0.1", conf, flags=re.M)
+        pw: Path | None = None
         if self.users:
             pw = self.dir / "passwords"
             pw.write_text("")
             for user, password in self.users.items():
                 subprocess.run(["mosquitto_passwd", "-b", str(pw), user, password], check=True)
             pw.chmod(0o600)
-            conf = re.sub(r"^password_file .*$", f"password_file {pw}", conf, flags=re.M)
-        else:
-            conf = re.sub(r"^allow_anonymous .*$", "allow_anonymous true", conf, flags=re.M)
-            conf = re.sub(r"^password_file .*$", "", conf, flags=re.M)
-        if acl:
-            conf = re.sub(r"^acl_file .*$", f"acl_file {ROOT / 'mosquitto' / 'acl'}", conf, flags=re.M)
-        else:
-            conf = re.sub(r"^acl_file .*$", "", conf, flags=re.M)
-        if os.geteuid() == 0:
-            # as root mosquitto drops to user "mosquitto", which cannot write this test's data dir
-            conf += "\nuser root\n"
+        conf = local_config(self.port, self.dir / "data", password_file=pw,
+                            acl_file=ROOT / "mosquitto" / "acl" if acl else None)
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text(conf)
         self.proc: subprocess.Popen[bytes] | None = None

@@ -18,12 +18,13 @@ def slug(name: str) -> str:
 
 
 def camera_name(cfg: RingSettings, *keys: object) -> str:
-    """The configured camera for any of a device's keys (id, ring-mqtt id, name), else a slug of the first."""
+    """The configured camera for any of a device's keys (id, ring-mqtt id, name), else a slug of the last
+    one given (the most readable: the device name where there is one)."""
     for k in keys:
         if k is not None and str(k) in cfg.cameras:
             return cfg.cameras[str(k)]
-    first = next((k for k in keys if k), "ring")
-    return slug(str(first))
+    last = next((k for k in reversed(keys) if k), "ring")
+    return slug(str(last))
 
 
 def ring_kind(kind: str) -> str | None:
