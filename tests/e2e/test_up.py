@@ -62,7 +62,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[str, Broker, Path]]:
 
 def test_homelab_up_serves_the_router_and_the_camera_pipeline(bg: BackgroundLoop,
                                                               stack: tuple[str, Broker, Path]) -> None:
-    base_url, broker, tmp = stack
+    base_url, broker, _ = stack
     with OpenAI(base_url=base_url, api_key="none", max_retries=0) as client:
         answer = client.chat.completions.create(model="homelab/auto",
                                                 messages=[{"role": "user", "content": "Refactor this function"}])

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from services.dedup.core import DedupStore, Deduper
+from services.dedup.core import Deduper, DedupStore
 from services.frigate_consumer.handlers import FrigateIngest
 from services.ring_listener.handlers import HistoryItem, PushDing, RingMqttIngest, from_history, from_push
 from shared.messages import CameraEvent, FrigateEvent, FrigateReview
@@ -111,7 +111,7 @@ def test_settings_env_overrides_and_errors(tmp_path: Path) -> None:
     assert (t.host, t.port, t.username, t.password) == ("broker", 1884, "u", "p@ss")
     assert "p@ss" not in repr(t)
     f.write_text("dedup: {windw: 5}\n")
-    with pytest.raises(SettingsError, match="dedup.windw"):
+    with pytest.raises(SettingsError, match=r"dedup\.windw"):
         load_settings(f, env={})
     with pytest.raises(SettingsError, match="not found"):
         load_settings(tmp_path / "missing.yaml", env={})
