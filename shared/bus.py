@@ -32,6 +32,9 @@ from shared.topics import status
 log = logging.getLogger("homelab.bus")
 
 RECONNECT_CAP = 10.0
+SEND_WINDOW = 100  # QoS 1 messages in flight at once
+ECHO_MEMORY = 20_000  # echoes remembered per bus
+CONFIRM_GRACE = 0.5  # seconds after a reconnect to collect echoes before resending
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,7 @@ class _Outgoing:
     qos: int
     retain: bool
     done: asyncio.Future[None]
+    attempted: bool = False  # sent at least once: the broker may have it although no PUBACK came
 
 
 def _encode(payload: bytes | str | BaseModel) -> bytes:
@@ -67,8 +71,14 @@ def _payload_bytes(p: object) -> bytes:
 class Bus:
     def __init__(self, url: str, service: str, *, subscribe: list[str] | tuple[str, ...] = (),
                  persistent: bool = True, client_id: str | None = None,
-                 on_connect: Callable[[Bus], Coroutine[Any, Any, None]] | None = None) -> None:
+                 on_connect: Callable[[Bus], Coroutine[Any, Any, None]] | None = None,
+                 confirm: tuple[str, ...] = ()) -> None:
         self.target = parse_mqtt_url(url)
+        # Topics whose messages we read back (our own publications echoed by the broker): after a
+        # lost connection, an unacked message whose echo arrives is not sent again, so a broker
+        # restart does not double it. Costs one extra delivery per message on these topics.
+        self.confirm = confirm
+        self._echoes: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.service = service
         self.subscriptions = list(subscribe)
         self.persistent = persistent
@@ -154,7 +164,7 @@ class Bus:
                     clean_session=not self.persistent, will=will, keepalive=30, timeout=5,
                 ) as client:
                     self._client = client
-                    for topic in self.subscriptions:
+                    for topic in (*self.subscriptions, *self.confirm):
                         await client.subscribe(topic, qos=1)
                     await client.publish(self.status_topic, b"online", qos=1, retain=True)
                     self.connects += 1
@@ -167,7 +177,14 @@ class Bus:
                         if self.on_connect is not None:
                             tg.create_task(self.on_connect(self), name=f"mqtt-on-connect-{self.service}")
                         async for m in client.messages:
-                            self._inbox.put_nowait(Message(str(m.topic), _payload_bytes(m.payload), bool(m.retain)))
+                            topic, payload = str(m.topic), _payload_bytes(m.payload)
+                            if topic in self.confirm:
+                                self._echoes[hash((topic, payload))] = None
+                                if len(self._echoes) > ECHO_MEMORY:
+                                    self._echoes.popitem(last=False)
+                                if topic not in self.subscriptions:
+                                    continue
+                            self._inbox.put_nowait(Message(topic, payload, bool(m.retain)))
             except* aiomqtt.MqttError as eg:
                 exc = eg.exceptions[0]
                 # A reconnect is a warning, not an error.
@@ -180,14 +197,40 @@ class Bus:
             delay = min(delay * 2, RECONNECT_CAP)
 
     async def _sender(self, client: aiomqtt.Client) -> None:
+        """Send the outbox in order, up to SEND_WINDOW messages awaiting their PUBACK at once.
+
+        A message leaves the outbox only once the broker acked it; after a lost connection the
+        unacked ones go again (QoS 1 is at least once: consumers dedup by event id).
+        """
+        if self.confirm and any(m.attempted for m in self._outbox):
+            # let the broker deliver what it queued for our session (echoes included) first
+            await asyncio.sleep(CONFIRM_GRACE)
+            confirmed = [m for m in self._outbox if m.attempted and hash((m.topic, m.payload)) in self._echoes]
+            for item in confirmed:
+                self._outbox.remove(item)
+                if not item.done.done():
+                    item.done.set_result(None)
+            if confirmed:
+                log.warning("%s: %d unacked messages were delivered before the connection dropped; not resent",
+                            self.service, len(confirmed))
         while True:
             if not self._outbox:
                 self._outbox_ready.clear()
                 await self._outbox_ready.wait()
                 continue
-            item = self._outbox[0]
-            # raises MqttError on a lost connection: the item stays first in the outbox
-            await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain)
-            self._outbox.popleft()
-            if not item.done.done():
-                item.done.set_result(None)
+            batch = [self._outbox[i] for i in range(min(SEND_WINDOW, len(self._outbox)))]
+            for m in batch:
+                m.attempted = True
+            results = await asyncio.gather(
+                *(client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain) for m in batch),
+                return_exceptions=True)
+            failed: BaseException | None = None
+            for item, result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    failed = failed or result
+                    continue
+                self._outbox.remove(item)
+                if not item.done.done():
+                    item.done.set_result(None)
+            if failed is not None:
+                raise failed

@@ -54,10 +54,12 @@ class Deduper:
     def decide(self, ev: CameraEvent, now: float) -> Decision:
         """Decide and record; call once per received event."""
         db = self.db
-        if db.execute("SELECT 1 FROM seen WHERE identity = ?", (ev.event_id,)).fetchone():
-            return self._count(Decision("duplicate"))
         db.execute("BEGIN")
         try:
+            if db.execute("SELECT 1 FROM seen WHERE identity = ?", (ev.event_id,)).fetchone():
+                decision = self._count(Decision("duplicate"))
+                db.execute("COMMIT")
+                return decision
             db.execute("INSERT INTO seen (identity, at) VALUES (?, ?)", (ev.event_id, now))
             w = self.cfg.window
             row = None
@@ -73,11 +75,12 @@ class Deduper:
                 decision = Decision("forward")
             else:
                 decision = Decision("merged", row[0])
+            self._count(decision)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return self._count(decision)
+        return decision
 
     def forget(self, ev: CameraEvent) -> None:
         """Undo a forward that could not be published, so the event is not lost on redelivery."""

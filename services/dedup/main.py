@@ -27,7 +27,7 @@ async def main(settings: Settings) -> None:
     validations = Validations(settings, SERVICE)
     dedup.prune(time.time())
     try:
-        async with Bus(settings.mqtt_url, SERVICE, subscribe=[topics.RAW]) as bus:
+        async with Bus(settings.mqtt_url, SERVICE, subscribe=[topics.RAW], confirm=(topics.UNIQUE,)) as bus:
             try:
                 await _loop(bus, dedup, validations)
             finally:

@@ -65,11 +65,11 @@ def test_broker_restart_mid_stream_loses_and_doubles_nothing(bg: BackgroundLoop,
                                                              stack: dict[str, Service]) -> None:
     out = Collector(bg, broker.url(), topics.UNIQUE)
     try:
-        publish(bg, broker.url(), events("before", 20))
-        broker.restart()
+        publish(bg, broker.url(), events("before", 100))
+        broker.restart()  # while those are still flowing through the services
         publish(bg, broker.url(), events("after", 20))
-        ids = wait_ids(out, 40)
-        assert len(ids) == 40 and set(ids.values()) == {1}
+        ids = wait_ids(out, 120)
+        assert len(ids) == 120 and set(ids.values()) == {1}
         assert all(s.alive() for s in stack.values())
     finally:
         out.close()
