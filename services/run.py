@@ -15,6 +15,7 @@ SERVICES = {
     "frigate_consumer": "services.frigate_consumer.main",
     "ring_listener": "services.ring_listener.main",
     "dedup": "services.dedup.main",
+    "vision_notifier": "services.vision_notifier.main",
 }
 
 

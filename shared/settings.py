@@ -45,6 +45,24 @@ class DedupSettings(_Section):
     window: float = Field(default=20.0, ge=0)  # same camera + kind from another trigger inside it: merged
 
 
+class NotifierSettings(_Section):
+    triage_threshold: float = Field(default=0.8, ge=0, le=1)  # negative at or above this: dropped locally
+    classifier_model: str = "homelab/vision"
+    senior_model: str = "homelab/reasoning"
+    classifier_timeout: float = Field(default=15.0, gt=0)
+    senior_timeout: float = Field(default=60.0, gt=0)
+    snapshot_timeout: float = Field(default=5.0, gt=0)
+    snapshot_retries: int = Field(default=4, ge=0)  # Frigate 404s briefly while an event is in progress
+    snapshot_longest_side: int = Field(default=1024, ge=64)
+    snapshot_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    snapshot_hosts: tuple[str, ...] = ()  # hosts snapshots may come from; empty: frigate_url's host
+    ring_snapshot_wait: float = Field(default=3.0, ge=0)  # wait this long for ring-mqtt's snapshot image
+    channel_timeout: float = Field(default=5.0, gt=0)
+    channel_retries: int = Field(default=2, ge=0)
+    concurrency: int = Field(default=8, ge=1)  # events triaged at once
+    ha_state_delay: float = Field(default=1.0, ge=0)  # after a new camera's discovery, before its state
+
+
 class Settings(_Section):
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     router_url: str = "http://127.0.0.1:8080/v1"
@@ -56,6 +74,7 @@ class Settings(_Section):
     frigate: FrigateSettings = FrigateSettings()
     ring: RingSettings = RingSettings()
     dedup: DedupSettings = DedupSettings()
+    notifier: NotifierSettings = NotifierSettings()
 
 
 ENV = {

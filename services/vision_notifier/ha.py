@@ -1,0 +1,43 @@
+"""Home Assistant discovery for each camera: an event entity, a last-event sensor, a snapshot image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.vision_notifier.triage import EVENT_TYPES
+from shared import topics
+from shared.ha import availability, device, discovery, object_id
+
+SERVICE = "vision_notifier"
+
+
+def camera_topics(camera: str) -> dict[str, str]:
+    c = object_id(camera)
+    return {"event": f"homelab/camera/{c}/event", "last": f"homelab/camera/{c}/last_event",
+            "image": f"homelab/camera/{c}/snapshot"}
+
+
+def entity_ids(camera: str) -> dict[str, str]:
+    """The entity ids discovery asks HA to create (default_entity_id)."""
+    c = object_id(camera)
+    return {"event": f"event.{c}_alert", "last": f"sensor.{c}_last_event", "image": f"image.{c}_snapshot"}
+
+
+def camera_discovery(camera: str, doorbell: bool) -> list[tuple[str, dict[str, Any]]]:
+    c = object_id(camera)
+    t, ids = camera_topics(camera), entity_ids(camera)
+    dev = device(f"homelab_camera_{c}", camera.replace("_", " ").title(), "homelab camera")
+    common = {"device": dev, **availability(topics.status(SERVICE))}
+    return [
+        discovery("event", f"homelab_{c}", "alert", {
+            "name": "Alert", "default_entity_id": ids["event"], "state_topic": t["event"],
+            "event_types": list(EVENT_TYPES), "device_class": "doorbell" if doorbell else "motion",
+            **common}),
+        discovery("sensor", f"homelab_{c}", "last_event", {
+            "name": "Last event", "default_entity_id": ids["last"], "state_topic": t["last"],
+            "value_template": "{{ value_json.title }}", "json_attributes_topic": t["last"],
+            "icon": "mdi:cctv", **common}),
+        discovery("image", f"homelab_{c}", "snapshot", {
+            "name": "Snapshot", "default_entity_id": ids["image"], "image_topic": t["image"],
+            "content_type": "image/jpeg", **common}),
+    ]

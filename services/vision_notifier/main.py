@@ -1,0 +1,305 @@
+"""vision_notifier's I/O: unique events in; triage through the router; three independent channels out.
+
+Per event: snapshot → stage 1 (fast classifier, JSON schema) → confident negative: timeline only;
+otherwise the text push goes out at once, stage 2 (senior model) writes the description, the rich
+push replaces the text one on the phone (same tag), and the timeline records it all. Every failure
+fails closed: a missing snapshot, bad classifier JSON or a router error escalates; a senior model
+that cannot answer gives a degraded description. One channel failing never delays or silences the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from router_client import RouterClient, RouterError
+from services.vision_notifier.ha import camera_discovery, camera_topics, entity_ids
+from services.vision_notifier.snapshot import SnapshotError, allowed_hosts, fetch_frigate, prepare
+from services.vision_notifier.store import NotifierStore
+from services.vision_notifier.triage import (
+    Stage1,
+    classifier_request,
+    degraded_description,
+    dropped,
+    escalate,
+    event_type,
+    parse_stage1,
+    senior_request,
+    title,
+)
+from shared import topics
+from shared.bus import Bus
+from shared.messages import CameraEvent
+from shared.service import Validations
+from shared.settings import Settings
+
+SERVICE = "vision_notifier"
+RING_SNAPSHOTS = "+/+/camera/+/snapshot/image"
+log = logging.getLogger("homelab.vision_notifier")
+
+Send = Callable[[CameraEvent, dict[str, Any]], Awaitable[None]]
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 1)
+
+
+class Notifier:
+    def __init__(self, settings: Settings, bus: Bus, session: aiohttp.ClientSession, store: NotifierStore) -> None:
+        self.settings = settings
+        self.cfg = settings.notifier
+        self.bus = bus
+        self.session = session
+        self.store = store
+        self.router = RouterClient(settings.router_url, session)
+        self.hosts = allowed_hosts(self.cfg, settings.frigate_url)
+        self.ring_prefix = settings.ring.mqtt_prefix
+        self.ring_images: dict[str, tuple[float, bytes]] = {}
+        self.ring_arrived = asyncio.Condition()
+        self.discovered: dict[str, float] = {}  # camera -> when its discovery went out
+        self.cameras: dict[str, bool] = {}  # camera -> is a doorbell
+        self.sem = asyncio.Semaphore(self.cfg.concurrency)
+        # the three channels are ports: each is sent on its own, with its own timeout and retries
+        self.send_text: Send = self._send_text
+        self.send_rich: Send = self._send_rich
+        self.send_timeline: Send = self._send_timeline
+
+    # ---- entry points ------------------------------------------------------------------------
+
+    async def handle(self, ev: CameraEvent) -> None:
+        if not self.store.begin(ev):
+            log.info("already handled %s (redelivery): skipped", ev.event_id)
+            return
+        await self.run(ev, set())
+
+    async def run(self, ev: CameraEvent, already_sent: set[str]) -> None:
+        """Process one event; never raises (one bad event must not stop the service)."""
+        async with self.sem:
+            try:
+                await self._process(ev, already_sent)
+            except Exception:
+                log.exception("event %s (trace %s) failed unexpectedly", ev.event_id, ev.trace_id)
+
+    async def on_ring_image(self, topic: str, payload: bytes) -> None:
+        async with self.ring_arrived:
+            self.ring_images[topic] = (time.time(), payload)
+            self.ring_arrived.notify_all()
+
+    async def announce_all(self) -> None:
+        for camera, doorbell in list(self.cameras.items()):
+            await self._announce(camera, doorbell)
+
+    # ---- the flow ------------------------------------------------------------------------------
+
+    async def _process(self, ev: CameraEvent, already_sent: set[str]) -> None:
+        t0 = time.perf_counter()
+        await self._ensure_discovery(ev)
+        record: dict[str, Any] = {"event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera,
+                                  "source": ev.source, "kind": ev.kind, "label": ev.label,
+                                  "started_at": ev.started_at, "received_at": time.time()}
+        jpeg: bytes | None = None
+        try:
+            jpeg = await self._snapshot(ev)
+            record["snapshot"] = {"ok": True, "bytes": len(jpeg), "ms": _ms(t0)}
+        except SnapshotError as exc:
+            record["snapshot"] = {"ok": False, "error": str(exc), "ms": _ms(t0)}
+            log.warning("event %s: %s; escalating without the classifier", ev.event_id, exc)
+
+        t1 = time.perf_counter()
+        s1 = await self._classify(ev, jpeg) if jpeg is not None else escalate(
+            f"no snapshot: {record['snapshot']['error']}")
+        is_dropped = dropped(s1, self.cfg.triage_threshold)
+        record["stage1"] = {**s1.model_dump(exclude_none=True), "ms": _ms(t1), "skipped": jpeg is None}
+        record["dropped"] = is_dropped
+        await self.bus.publish(topics.TRIAGE, orjson.dumps({
+            "event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera, "verdict": s1.verdict,
+            "confidence": s1.confidence, "escalate": not is_dropped, "synthetic": s1.synthetic,
+            "reason": s1.reason, "dropped": is_dropped, "degraded": s1.synthetic}))
+        if is_dropped:
+            log.info("event %s: confident negative (%.2f), dropped locally", ev.event_id, s1.confidence)
+            record["channels"] = {}
+            await self._timeline(ev, record, already_sent)
+            return
+
+        text = {"event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera, "title": title(ev),
+                "message": s1.summary or f"{(ev.label or ev.kind).capitalize()} detected", "tag": ev.event_id,
+                "event_type": event_type(ev), "verdict": s1.verdict, "degraded": s1.synthetic}
+        text_task = asyncio.create_task(self._channel("text", ev, text, self.send_text, already_sent))
+
+        t2 = time.perf_counter()
+        description, degraded, why = await self._describe(ev, jpeg, s1)
+        record["stage2"] = {"ms": _ms(t2), "degraded": degraded, **({"error": why} if why else {})}
+        ids = entity_ids(ev.camera)
+        rich = {**text, "message": description, "description": description,
+                "degraded": degraded or s1.synthetic, "image": f"/api/image_proxy/{ids['image']}",
+                "image_entity": ids["image"], "image_topic": camera_topics(ev.camera)["image"],
+                "has_image": jpeg is not None}
+        rich_task = asyncio.create_task(self._channel("rich", ev, rich, self.send_rich, already_sent,
+                                                      jpeg=jpeg))
+        text_res, rich_res = await asyncio.gather(text_task, rich_task)
+        record["channels"] = {"text": text_res, "rich": rich_res}
+        record["total_ms"] = _ms(t0)
+        await self._timeline(ev, record, already_sent)
+
+    async def _timeline(self, ev: CameraEvent, record: dict[str, Any], already_sent: set[str]) -> None:
+        res = await self._channel("timeline", ev, record, self.send_timeline, already_sent)
+        record.setdefault("channels", {})["timeline"] = res
+        self.store.finish(ev.event_id, record)
+
+    # ---- stages ------------------------------------------------------------------------------
+
+    async def _snapshot(self, ev: CameraEvent) -> bytes:
+        ref = ev.snapshot
+        if ref is None:
+            raise SnapshotError("the event carries no snapshot reference")
+        if ref.kind in ("frigate", "url") and ref.url:
+            raw = await fetch_frigate(self.session, ref.url, self.cfg, self.hosts)
+        elif ref.kind == "ring_mqtt" and ref.topic:
+            raw = await self._ring_image(ref.topic, ev.started_at)
+        else:
+            raise SnapshotError(f"no way to fetch a {ref.kind} snapshot here")
+        return await asyncio.to_thread(prepare, raw, self.cfg)
+
+    async def _ring_image(self, topic: str, since: float) -> bytes:
+        def fresh() -> bool:
+            got = self.ring_images.get(topic)
+            return got is not None and got[0] >= since - 5
+
+        async with self.ring_arrived:
+            try:
+                async with asyncio.timeout(self.cfg.ring_snapshot_wait):
+                    await self.ring_arrived.wait_for(fresh)
+            except TimeoutError:
+                pass
+        got = self.ring_images.get(topic)
+        if got is None:
+            raise SnapshotError(f"no image on {topic}")
+        return got[1]
+
+    async def _classify(self, ev: CameraEvent, jpeg: bytes) -> Stage1:
+        body = classifier_request(ev, jpeg, self.cfg.classifier_model)
+        try:
+            answer = await self.router.chat(body, time_limit=self.cfg.classifier_timeout)
+            return parse_stage1(RouterClient.content(answer))
+        except RouterError as exc:
+            return escalate(f"classifier unavailable: {exc}")
+
+    async def _describe(self, ev: CameraEvent, jpeg: bytes | None, s1: Stage1) -> tuple[str, bool, str | None]:
+        body = senior_request(ev, jpeg, s1, self.cfg.senior_model)
+        try:
+            answer = await self.router.chat(body, time_limit=self.cfg.senior_timeout)
+            text = RouterClient.content(answer).strip()
+            if text:
+                return text, False, None
+            why = "the senior model answered nothing"
+        except RouterError as exc:
+            why = f"senior model unavailable: {exc}"
+        log.warning("event %s: %s; sending a degraded description", ev.event_id, why)
+        return degraded_description(ev, s1, why), True, why
+
+    # ---- channels ----------------------------------------------------------------------------
+
+    async def _channel(self, name: str, ev: CameraEvent, payload: dict[str, Any], send: Send,
+                       already_sent: set[str], jpeg: bytes | None = None) -> dict[str, Any]:
+        if name in already_sent:
+            return {"ok": True, "resumed": True}
+        t0 = time.perf_counter()
+        err = ""
+        for attempt in range(self.cfg.channel_retries + 1):
+            try:
+                async with asyncio.timeout(self.cfg.channel_timeout):
+                    if jpeg is not None:
+                        await self._publish_image(ev, jpeg)
+                        jpeg = None  # the image went out; a retry resends only the push
+                    await send(ev, payload)
+                self.store.mark_sent(ev.event_id, name)
+                return {"ok": True, "ms": _ms(t0), "attempts": attempt + 1}
+            except TimeoutError:
+                err = f"timeout after {self.cfg.channel_timeout:g}s"
+            except Exception as exc:  # a channel's failure is recorded, never propagated to the others
+                err = f"{type(exc).__name__}: {exc}"
+            log.warning("event %s: %s channel attempt %d failed: %s", ev.event_id, name, attempt + 1, err)
+            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+        return {"ok": False, "ms": _ms(t0), "error": err}
+
+    async def _send_text(self, ev: CameraEvent, payload: dict[str, Any]) -> None:
+        await self.bus.publish(topics.NOTIFY_TEXT, orjson.dumps(payload), wait=True)
+
+    async def _send_rich(self, ev: CameraEvent, payload: dict[str, Any]) -> None:
+        await self._wait_discovery_settled(ev.camera)
+        t = camera_topics(ev.camera)
+        state = {"event_type": event_type(ev), "event_id": ev.event_id, "trace_id": ev.trace_id,
+                 "title": payload["title"], "description": payload["description"], "degraded": payload["degraded"]}
+        await self.bus.publish(t["event"], orjson.dumps(state))
+        await self.bus.publish(t["last"], orjson.dumps({**state, "at": ev.started_at}), retain=True)
+        await self.bus.publish(topics.NOTIFY_RICH, orjson.dumps(payload), wait=True)
+
+    async def _publish_image(self, ev: CameraEvent, jpeg: bytes) -> None:
+        await self._wait_discovery_settled(ev.camera)
+        await self.bus.publish(camera_topics(ev.camera)["image"], jpeg, retain=True)
+
+    async def _send_timeline(self, ev: CameraEvent, record: dict[str, Any]) -> None:
+        await self.bus.publish(topics.TIMELINE, orjson.dumps(record), wait=True)
+
+    # ---- Home Assistant ----------------------------------------------------------------------
+
+    async def _ensure_discovery(self, ev: CameraEvent) -> None:
+        if ev.camera not in self.cameras:
+            doorbell = ev.source.startswith("ring")
+            self.cameras[ev.camera] = doorbell
+            await self._announce(ev.camera, doorbell)
+
+    async def _announce(self, camera: str, doorbell: bool) -> None:
+        for topic, config in camera_discovery(camera, doorbell):
+            await self.bus.publish(topic, orjson.dumps(config), retain=True)
+        self.discovered.setdefault(camera, time.monotonic())
+
+    async def _wait_discovery_settled(self, camera: str) -> None:
+        # HA ignores state for entities it has not discovered yet: give it time after a new camera
+        since = self.discovered.get(camera)
+        if since is not None:
+            delay = since + self.cfg.ha_state_delay - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+
+async def main(settings: Settings, configure: Callable[[Notifier], None] | None = None) -> None:
+    """Run the notifier; ``configure`` may swap a channel port (tests break one channel that way)."""
+    store = NotifierStore(settings.state_dir / "notifier.sqlite3")
+    validations = Validations(settings, SERVICE)
+    ring_sub = f"{settings.ring.mqtt_prefix}/+/camera/+/snapshot/image" if settings.ring.mqtt_prefix else None
+    ring_pattern = re.compile(r"^[^/]+/[^/]+/camera/[^/]+/snapshot/image$")
+    subs = [topics.UNIQUE, topics.HA_STATUS] + ([ring_sub] if ring_sub else [])
+    try:
+        async with aiohttp.ClientSession() as session, \
+                Bus(settings.mqtt_url, SERVICE, subscribe=subs,
+                    confirm=(topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.TIMELINE)) as bus:
+            n = Notifier(settings, bus, session, store)
+            if configure is not None:
+                configure(n)
+            async with asyncio.TaskGroup() as tg:
+                for pending, sent in store.pending():
+                    log.info("resuming %s after a restart (sent: %s)", pending.event_id,
+                             ", ".join(sorted(sent)) or "-")
+                    tg.create_task(n.run(pending, sent), name=f"event-{pending.event_id}")
+                async for msg in bus.messages():
+                    if msg.topic == topics.UNIQUE:
+                        ev = validations.decode(CameraEvent, msg.topic, msg.payload)
+                        if ev is not None:
+                            tg.create_task(n.handle(ev), name=f"event-{ev.event_id}")
+                    elif msg.topic == topics.HA_STATUS:
+                        if msg.payload == b"online":
+                            await asyncio.sleep(random.uniform(0.5, 2.0))
+                            await n.announce_all()
+                    elif ring_pattern.match(msg.topic):
+                        await n.on_ring_image(msg.topic, msg.payload)
+    finally:
+        store.close()

@@ -1,0 +1,64 @@
+"""Getting the event's image: Frigate's HTTP API (retrying a brief 404) or ring-mqtt's snapshot topic;
+only from configured hosts; decoded, downsized and re-encoded with Pillow."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from urllib.parse import urlsplit
+
+import aiohttp
+from PIL import Image, UnidentifiedImageError
+
+from shared.settings import NotifierSettings
+
+
+class SnapshotError(Exception):
+    """No usable image: the event still escalates (fail closed), without the classifier."""
+
+
+def allowed_hosts(cfg: NotifierSettings, frigate_url: str) -> set[str]:
+    return set(cfg.snapshot_hosts) or {urlsplit(frigate_url).netloc}
+
+
+async def fetch_frigate(session: aiohttp.ClientSession, url: str, cfg: NotifierSettings, hosts: set[str]) -> bytes:
+    if urlsplit(url).netloc not in hosts:
+        raise SnapshotError(f"snapshot host {urlsplit(url).netloc!r} is not a configured snapshot host")
+    delay = 0.2
+    last = ""
+    for attempt in range(cfg.snapshot_retries + 1):
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=cfg.snapshot_timeout)) as r:
+                if r.status == 200:
+                    size = int(r.headers.get("Content-Length") or 0)
+                    if size > cfg.snapshot_max_bytes:
+                        raise SnapshotError(f"snapshot of {size} bytes is over {cfg.snapshot_max_bytes}")
+                    body = await r.content.read(cfg.snapshot_max_bytes + 1)
+                    if len(body) > cfg.snapshot_max_bytes:
+                        raise SnapshotError(f"snapshot is over {cfg.snapshot_max_bytes} bytes")
+                    return body
+                last = f"HTTP {r.status}"
+                if r.status != 404:
+                    break
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if attempt < cfg.snapshot_retries:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    raise SnapshotError(f"no snapshot from {url}: {last}")
+
+
+def prepare(raw: bytes, cfg: NotifierSettings) -> bytes:
+    """Decode any image Pillow reads, fit it in ``snapshot_longest_side``, re-encode as JPEG."""
+    if len(raw) > cfg.snapshot_max_bytes:
+        raise SnapshotError(f"snapshot is over {cfg.snapshot_max_bytes} bytes")
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()
+            rgb = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise SnapshotError(f"not a usable image: {type(exc).__name__}: {exc}") from exc
+    rgb.thumbnail((cfg.snapshot_longest_side, cfg.snapshot_longest_side))
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=85)
+    return out.getvalue()

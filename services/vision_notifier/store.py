@@ -1,0 +1,66 @@
+"""The notifier's SQLite: the timeline (every event and what became of it) and events in progress,
+so a restart mid-flow completes each event once."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from shared.messages import CameraEvent
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    event_id TEXT PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    camera TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    event TEXT NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    sent TEXT NOT NULL DEFAULT '[]',
+    record TEXT
+);
+CREATE INDEX IF NOT EXISTS events_pending ON events (done);
+"""
+
+
+class NotifierStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def begin(self, ev: CameraEvent) -> bool:
+        """Record the event as in progress; False if it was seen before (a redelivery)."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO events (event_id, trace_id, camera, received_at, event) VALUES (?, ?, ?, ?, ?)",
+            (ev.event_id, ev.trace_id, ev.camera, time.time(), ev.model_dump_json()))
+        return cur.rowcount == 1
+
+    def pending(self) -> list[tuple[CameraEvent, set[str]]]:
+        rows = self.db.execute("SELECT event, sent FROM events WHERE done = 0 ORDER BY received_at").fetchall()
+        return [(CameraEvent.model_validate_json(e), set(orjson.loads(s))) for e, s in rows]
+
+    def sent(self, event_id: str) -> set[str]:
+        row = self.db.execute("SELECT sent FROM events WHERE event_id = ?", (event_id,)).fetchone()
+        return set(orjson.loads(row[0])) if row else set()
+
+    def mark_sent(self, event_id: str, channel: str) -> None:
+        sent = self.sent(event_id) | {channel}
+        self.db.execute("UPDATE events SET sent = ? WHERE event_id = ?", (orjson.dumps(sorted(sent)), event_id))
+
+    def finish(self, event_id: str, record: dict[str, Any]) -> None:
+        self.db.execute("UPDATE events SET done = 1, record = ? WHERE event_id = ?",
+                        (orjson.dumps(record), event_id))
+
+    def record(self, event_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT record FROM events WHERE event_id = ?", (event_id,)).fetchone()
+        return orjson.loads(row[0]) if row and row[0] else None
+
+    def close(self) -> None:
+        self.db.close()

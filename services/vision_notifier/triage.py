@@ -1,0 +1,120 @@
+"""Pure triage decisions and the messages they produce (no I/O)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+import jsonschema
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.messages import CameraEvent
+from shared.schemas import load_schema
+
+SCHEMA = load_schema("camera_triage")
+EVENT_TYPES = ("ding", "motion", "person", "vehicle", "animal", "package", "other")
+_VEHICLES = {"car", "truck", "bus", "motorcycle", "bicycle", "boat", "vehicle"}
+_ANIMALS = {"dog", "cat", "bird", "horse", "bear", "deer", "animal", "cow", "sheep"}
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Stage1(_Msg):
+    """The classifier's verdict, or the synthetic one that replaces it when it cannot be trusted."""
+
+    verdict: Literal["negative", "positive", "ambiguous"]
+    confidence: float = Field(ge=0, le=1)
+    objects: tuple[str, ...] = ()
+    summary: str | None = None
+    synthetic: bool = False
+    escalate_to_spark: bool = False
+    reason: str | None = None
+
+
+def escalate(reason: str) -> Stage1:
+    """Fail closed: anything we cannot trust escalates, never suppresses."""
+    return Stage1(verdict="ambiguous", confidence=0.0, synthetic=True, escalate_to_spark=True, reason=reason)
+
+
+def parse_stage1(content: str) -> Stage1:
+    """The classifier's answer, validated against the schema; invalid → escalate."""
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        return escalate(f"classifier answer is not JSON: {exc}")
+    if isinstance(data, dict) and data.get("escalate_to_spark"):
+        return escalate(str(data.get("reason") or "the router replaced an invalid answer"))
+    try:
+        jsonschema.validate(data, SCHEMA)
+    except jsonschema.ValidationError as exc:
+        return escalate(f"classifier answer does not match the schema: {exc.message}")
+    return Stage1(verdict=data["verdict"], confidence=float(data["confidence"]),
+                  objects=tuple(str(o) for o in data.get("objects") or ()), summary=data.get("summary"))
+
+
+def dropped(s1: Stage1, threshold: float) -> bool:
+    """A confident negative is dropped locally (the timeline still records it)."""
+    return s1.verdict == "negative" and s1.confidence >= threshold and not s1.synthetic
+
+
+def event_type(ev: CameraEvent) -> str:
+    for k in (ev.kind, ev.label or ""):
+        k = k.lower()
+        if k in EVENT_TYPES:
+            return k
+        if k in _VEHICLES:
+            return "vehicle"
+        if k in _ANIMALS:
+            return "animal"
+    return "other"
+
+
+def title(ev: CameraEvent) -> str:
+    what = {"ding": "Doorbell", "motion": "Motion", "person": "Person", "vehicle": "Vehicle",
+            "animal": "Animal", "package": "Package"}.get(event_type(ev), (ev.label or ev.kind).capitalize())
+    return f"{what} at {ev.camera.replace('_', ' ').title()}"
+
+
+def data_url(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+
+
+def classifier_request(ev: CameraEvent, jpeg: bytes, model: str) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You triage home security camera snapshots. Answer only JSON."},
+            {"role": "user", "content": [
+                {"type": "text", "text": f"Camera {ev.camera} reported {ev.label or ev.kind}. Is there anything "
+                                         "a home owner should be alerted about (a person, a vehicle arriving, a "
+                                         "package, an animal at the door)?"},
+                {"type": "image_url", "image_url": {"url": data_url(jpeg)}},
+            ]},
+        ],
+        "metadata": {"homelab_task": "camera_triage", "event_id": ev.event_id, "trace_id": ev.trace_id},
+        "response_format": {"type": "json_schema",
+                            "json_schema": {"name": "camera_triage", "schema": SCHEMA, "strict": True}},
+        "temperature": 0,
+    }
+
+
+def senior_request(ev: CameraEvent, jpeg: bytes | None, s1: Stage1, model: str) -> dict[str, Any]:
+    hint = f" A first look said: {s1.summary}." if s1.summary else ""
+    parts: list[dict[str, Any]] = [{"type": "text", "text": (
+        f"Describe what is happening at camera {ev.camera} for a phone notification: two short sentences, "
+        f"who or what is there and what they are doing.{hint}")}]
+    if jpeg is not None:
+        parts.append({"type": "image_url", "image_url": {"url": data_url(jpeg)}})
+    return {"model": model, "messages": [{"role": "user", "content": parts}],
+            "metadata": {"homelab_task": "camera_description", "event_id": ev.event_id, "trace_id": ev.trace_id},
+            "max_tokens": 200}
+
+
+def degraded_description(ev: CameraEvent, s1: Stage1, why: str) -> str:
+    """Built from the classifier's output when the senior model cannot answer: an alert still goes out."""
+    seen = ", ".join(s1.objects) or (ev.label or ev.kind)
+    base = s1.summary or f"{seen.capitalize()} detected"
+    return f"{base} at {ev.camera.replace('_', ' ')} (quick look only: {why})."
