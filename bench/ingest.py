@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.router_overhead import _write_results  # noqa: E402
+from shared.bus import NODELAY  # noqa: E402
 from tests.broker import Broker  # noqa: E402
 
 BASE = {"camera": "front_door", "label": "person", "sub_label": None, "top_score": 0.9, "score": 0.9,
@@ -38,8 +39,9 @@ async def run(port: int, rate: int, seconds: float) -> dict[str, float]:
     sent: dict[str, float] = {}
     got: dict[str, list[float]] = {}
     total = int(rate * seconds)
-    async with aiomqtt.Client("127.0.0.1", port, identifier="bench-sub", clean_session=True) as sub, \
-            aiomqtt.Client("127.0.0.1", port, identifier="bench-pub") as pub:
+    async with aiomqtt.Client("127.0.0.1", port, identifier="bench-sub", clean_session=True,
+                              socket_options=NODELAY) as sub, \
+            aiomqtt.Client("127.0.0.1", port, identifier="bench-pub", socket_options=NODELAY) as pub:
         await sub.subscribe("homelab/camera/event/unique", qos=1)
 
         async def receive() -> None:

@@ -19,7 +19,7 @@ from services.broker import broker_answers, local_config
 from services.router.policy import load_policy
 
 # The lab's rough time to first token per route (seconds); scaled down by default.
-LAB_TTFT = {"ubuntu-4090": 0.6, "ubuntu-6000": 3.0, "win-5090": 2.0, "spark": 5.0}
+LAB_TTFT = {"ubuntu-6000": 3.0, "win-5090": 2.0, "spark": 5.0}
 
 
 @dataclass
@@ -35,7 +35,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--latency-scale", type=float, default=0.2,
-                    help="multiply the lab's latencies (vision 0.6 s, others 2-5 s); 1 = real")
+                    help="multiply the lab's time to first token of the big models (2-5 s); 1 = real")
+    ap.add_argument("--vision-ttft", type=float, default=0.6, help="the vision model's time to first token (s)")
     ap.add_argument("--no-sims", action="store_true", help="do not start simulated upstreams")
     ap.add_argument("--no-services", action="store_true", help="router only: no MQTT services")
 
@@ -47,7 +48,7 @@ def _children(a: argparse.Namespace) -> list[Child]:
     if not a.no_sims:
         for name, route in policy.routes.items():
             port = int(route.base_url.split(":")[2].split("/")[0])
-            ttft = LAB_TTFT.get(name, 1.0) * (1.0 if name == "ubuntu-4090" else a.latency_scale)
+            ttft = a.vision_ttft if name == "ubuntu-4090" else LAB_TTFT.get(name, 1.0) * a.latency_scale
             argv = [*exe, "sim-upstream", "--port", str(port), "--model", route.model,
                     "--ttft", f"{ttft:.3f}", "--per-token", f"{0.02 * a.latency_scale:.4f}"]
             if not route.vision:

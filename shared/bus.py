@@ -18,6 +18,7 @@ import collections
 import contextlib
 import logging
 import random
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
@@ -32,6 +33,8 @@ from shared.topics import status
 log = logging.getLogger("homelab.bus")
 
 RECONNECT_CAP = 10.0
+# paho leaves Nagle on: small QoS 1 messages would wait for delayed ACKs (~40 ms a hop)
+NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 SEND_WINDOW = 100  # QoS 1 messages in flight at once
 ECHO_MEMORY = 20_000  # echoes remembered per bus
 CONFIRM_GRACE = 0.5  # seconds after a reconnect to collect echoes before resending
@@ -162,6 +165,7 @@ class Bus:
                 async with aiomqtt.Client(
                     t.host, t.port, username=t.username, password=t.password, identifier=self.client_id,
                     clean_session=not self.persistent, will=will, keepalive=30, timeout=5,
+                    socket_options=NODELAY,
                 ) as client:
                     self._client = client
                     for topic in (*self.subscriptions, *self.confirm):

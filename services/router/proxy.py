@@ -192,6 +192,22 @@ class _StreamTrack:
         return bool(self.text) or self.tool_calls or self.finished
 
 
+_VALIDATORS: dict[bytes, Any] = {}
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    """A checked validator per distinct schema (checking a schema costs ~1 ms; callers send the same few)."""
+    key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+    v = _VALIDATORS.get(key)
+    if v is None:
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        v = _VALIDATORS[key] = cls(schema)
+        if len(_VALIDATORS) > 64:
+            _VALIDATORS.pop(next(iter(_VALIDATORS)))
+    return v
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -667,10 +683,11 @@ class Dispatcher:
             return raw
         reason = None
         try:
+            validator = _validator(schema)
             body = orjson.loads(raw)
             content = body["choices"][0]["message"]["content"]
             answer = orjson.loads(content)
-            jsonschema.validate(answer, schema)
+            validator.validate(answer)
             return raw
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
             reason = f"answer is not valid JSON: {type(exc).__name__}: {exc}"

@@ -50,6 +50,9 @@ class SimConfig(BaseModel):
     fault_count: int | None = None  # faulty requests before healing (None: forever)
     retry_after: float = 1.0  # Retry-After seconds for http_429
     json_answer: Any = None  # fixed JSON answer (or a raw string) for response_format requests
+    # what a camera_triage request (metadata.homelab_task) gets when json_answer is not set
+    triage_answer: dict[str, Any] = {"verdict": "positive", "confidence": 0.9, "objects": ["person"],
+                                     "summary": "A person is at the door"}
     embedding_dims: int = 8
 
 
@@ -256,6 +259,8 @@ class SimUpstream:
         if isinstance(rf, dict) and rf.get("type") in ("json_schema", "json_object"):
             if c.json_answer is not None:
                 text = c.json_answer if isinstance(c.json_answer, str) else orjson.dumps(c.json_answer).decode()
+            elif (body.get("metadata") or {}).get("homelab_task") == "camera_triage":
+                text = orjson.dumps(c.triage_answer).decode()
             else:
                 schema = (rf.get("json_schema") or {}).get("schema") or {"type": "object"}
                 text = orjson.dumps(_example_for_schema(schema)).decode()

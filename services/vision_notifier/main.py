@@ -66,7 +66,10 @@ class Notifier:
         self.ring_arrived = asyncio.Condition()
         self.discovered: dict[str, float] = {}  # camera -> when its discovery went out
         self.cameras: dict[str, bool] = {}  # camera -> is a doorbell
-        self.sem = asyncio.Semaphore(self.cfg.concurrency)
+        # the fast path (snapshot + classifier) is bounded; waiting on the senior model must not
+        # hold it, or a slow description would delay the next event's fast push
+        self.fast = asyncio.Semaphore(self.cfg.concurrency)
+        self.slow = asyncio.Semaphore(self.cfg.concurrency * 4)
         # the three channels are ports: each is sent on its own, with its own timeout and retries
         self.send_text: Send = self._send_text
         self.send_rich: Send = self._send_rich
@@ -82,11 +85,10 @@ class Notifier:
 
     async def run(self, ev: CameraEvent, already_sent: set[str]) -> None:
         """Process one event; never raises (one bad event must not stop the service)."""
-        async with self.sem:
-            try:
-                await self._process(ev, already_sent)
-            except Exception:
-                log.exception("event %s (trace %s) failed unexpectedly", ev.event_id, ev.trace_id)
+        try:
+            await self._process(ev, already_sent)
+        except Exception:
+            log.exception("event %s (trace %s) failed unexpectedly", ev.event_id, ev.trace_id)
 
     async def on_ring_image(self, topic: str, payload: bytes) -> None:
         async with self.ring_arrived:
@@ -106,16 +108,16 @@ class Notifier:
                                   "source": ev.source, "kind": ev.kind, "label": ev.label,
                                   "started_at": ev.started_at, "received_at": time.time()}
         jpeg: bytes | None = None
-        try:
-            jpeg = await self._snapshot(ev)
-            record["snapshot"] = {"ok": True, "bytes": len(jpeg), "ms": _ms(t0)}
-        except SnapshotError as exc:
-            record["snapshot"] = {"ok": False, "error": str(exc), "ms": _ms(t0)}
-            log.warning("event %s: %s; escalating without the classifier", ev.event_id, exc)
-
-        t1 = time.perf_counter()
-        s1 = await self._classify(ev, jpeg) if jpeg is not None else escalate(
-            f"no snapshot: {record['snapshot']['error']}")
+        async with self.fast:
+            try:
+                jpeg = await self._snapshot(ev)
+                record["snapshot"] = {"ok": True, "bytes": len(jpeg), "ms": _ms(t0)}
+            except SnapshotError as exc:
+                record["snapshot"] = {"ok": False, "error": str(exc), "ms": _ms(t0)}
+                log.warning("event %s: %s; escalating without the classifier", ev.event_id, exc)
+            t1 = time.perf_counter()
+            s1 = await self._classify(ev, jpeg) if jpeg is not None else escalate(
+                f"no snapshot: {record['snapshot']['error']}")
         is_dropped = dropped(s1, self.cfg.triage_threshold)
         record["stage1"] = {**s1.model_dump(exclude_none=True), "ms": _ms(t1), "skipped": jpeg is None}
         record["dropped"] = is_dropped
@@ -135,7 +137,8 @@ class Notifier:
         text_task = asyncio.create_task(self._channel("text", ev, text, self.send_text, already_sent))
 
         t2 = time.perf_counter()
-        description, degraded, why = await self._describe(ev, jpeg, s1)
+        async with self.slow:
+            description, degraded, why = await self._describe(ev, jpeg, s1)
         record["stage2"] = {"ms": _ms(t2), "degraded": degraded, **({"error": why} if why else {})}
         ids = entity_ids(ev.camera)
         rich = {**text, "message": description, "description": description,

@@ -13,6 +13,7 @@ from shared.messages import CameraEvent
 from shared.schemas import load_schema
 
 SCHEMA = load_schema("camera_triage")
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 EVENT_TYPES = ("ding", "motion", "person", "vehicle", "animal", "package", "other")
 _VEHICLES = {"car", "truck", "bus", "motorcycle", "bicycle", "boat", "vehicle"}
 _ANIMALS = {"dog", "cat", "bird", "horse", "bear", "deer", "animal", "cow", "sheep"}
@@ -48,7 +49,7 @@ def parse_stage1(content: str) -> Stage1:
     if isinstance(data, dict) and data.get("escalate_to_spark"):
         return escalate(str(data.get("reason") or "the router replaced an invalid answer"))
     try:
-        jsonschema.validate(data, SCHEMA)
+        VALIDATOR.validate(data)
     except jsonschema.ValidationError as exc:
         return escalate(f"classifier answer does not match the schema: {exc.message}")
     return Stage1(verdict=data["verdict"], confidence=float(data["confidence"]),

@@ -228,7 +228,9 @@ def test_broker_restart_mid_flow_loses_nothing(bg: BackgroundLoop, broker: Broke
     broker.restart()
     wait_timeline(out)
     time.sleep(0.5)
-    assert [len(out.on(t)) for t in (topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.TIMELINE)] == [1, 1, 1]
+    # at least once on the wire: a copy in flight at the restart may arrive twice, byte-identical
+    # (the phone replaces it: same tag); one distinct message per channel is the contract
+    assert [len(set(out.on(t))) for t in (topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.TIMELINE)] == [1, 1, 1]
 
 
 def test_notifier_restart_mid_flow_completes_the_event_once(bg: BackgroundLoop, broker: Broker, lab: Lab,

@@ -1,0 +1,65 @@
+"""The Home Assistant YAML we ship parses, and every entity it names is one that discovery creates."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from services.vision_notifier.ha import camera_discovery, entity_ids
+from services.vision_notifier.triage import EVENT_TYPES
+
+HA = Path(__file__).resolve().parents[2] / "homeassistant"
+ENTITY = re.compile(r"\b(?:event|sensor|image|binary_sensor|input_text|input_boolean)\.[a-z0-9_]+\b")
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    return f"!input {loader.construct_scalar(node)}" if isinstance(node, yaml.ScalarNode) else None
+
+
+_Loader.add_constructor("!input", _tag)
+
+
+def load(path: Path) -> Any:
+    return yaml.load(path.read_text(), Loader=_Loader)
+
+
+def files() -> list[Path]:
+    return sorted(p for p in HA.rglob("*.yaml") if "dashboards" not in p.parts)
+
+
+@pytest.mark.parametrize("path", files(), ids=lambda p: str(p.relative_to(HA)))
+def test_yaml_parses(path: Path) -> None:
+    assert load(path) is not None
+
+
+def test_every_referenced_entity_is_created() -> None:
+    package = load(HA / "packages" / "homelab_notify.yaml")
+    defined = {f"{domain}.{name}" for domain in ("input_text", "input_boolean") for name in package.get(domain, {})}
+    created = set(entity_ids("front_door").values())
+    for topic, cfg in camera_discovery("front_door", doorbell=True):
+        assert cfg["default_entity_id"] in created
+        assert cfg["unique_id"] and cfg["origin"]["name"] == "homelab" and cfg["availability"]
+        assert topic.startswith("homeassistant/") and topic.endswith("/config")
+    referenced = set()
+    for path in files():
+        referenced |= set(ENTITY.findall(path.read_text()))
+    assert referenced, "the YAML should reference entities"
+    missing = referenced - defined - created
+    assert not missing, f"entities referenced but never created: {sorted(missing)}"
+
+
+def test_automations_read_the_fields_the_notifier_publishes() -> None:
+    text = (HA / "packages" / "homelab_notify.yaml").read_text()
+    blueprint = (HA / "blueprints" / "automation" / "homelab" / "camera_push.yaml").read_text()
+    used = set(re.findall(r"payload_json\.([a-z_]+)", text + blueprint))
+    published = {"title", "message", "tag", "description", "image", "has_image", "camera", "event_type"}
+    assert used <= published
+    assert "ding" in EVENT_TYPES
