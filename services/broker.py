@@ -29,7 +29,8 @@ def local_config(port: int, data_dir: Path, *, password_file: Path | None = None
     return conf
 
 
-def broker_answers(host: str = "127.0.0.1", port: int = 1883) -> bool:
+def port_answers(host: str = "127.0.0.1", port: int = 1883) -> bool:
+    """Does anything accept a TCP connection there (a broker on :1883 by default)?"""
     try:
         socket.create_connection((host, port), 0.3).close()
         return True

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sim = sub.add_parser("sim-upstream", help="run a simulated OpenAI-compatible upstream")
     sim_cli.add_arguments(sim)
+    fr = sub.add_parser("sim-frigate", help="run a simulated Frigate API (snapshots)")
+    sim_cli.add_frigate_arguments(fr)
     u = sub.add_parser("up", help="run the embedded default: simulated upstreams and the router")
     up.add_arguments(u)
     sub.add_parser("router", help="run homelab-router (same flags as homelab-router)")
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(a.service, a.log_level.upper())
     if a.cmd == "sim-upstream":
         return sim_cli.run(a)
+    if a.cmd == "sim-frigate":
+        return sim_cli.run_frigate(a)
     if a.cmd == "up":
         return up.run(a)
     return 2

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from services.broker import broker_answers, local_config
+from services.broker import port_answers, local_config
 from services.router.policy import load_policy
 
 # The lab's rough time to first token per route (seconds); scaled down by default.
@@ -62,12 +62,16 @@ def _children(a: argparse.Namespace) -> list[Child]:
         from services.run import SERVICES
 
         out += [Child(name, [*exe, "run", name]) for name in SERVICES]
+        if not os.environ.get("HOMELAB_FRIGATE_URL") and not a.no_sims and not port_answers(port=5000):
+            # no Frigate configured: a simulated one serves snapshots, so a hand-published event
+            # goes through the whole triage path
+            out.append(Child("sim:frigate", [*exe, "sim-frigate", "--port", "5000"]))
     return out
 
 
 def _local_broker(state_dir: Path) -> Child | None:
     """Start Mosquitto from mosquitto/ when no broker is configured and none answers on :1883."""
-    if os.environ.get("HOMELAB_MQTT_URL") or broker_answers():
+    if os.environ.get("HOMELAB_MQTT_URL") or port_answers():
         return None
     if shutil.which("mosquitto") is None:
         print("homelab up: no MQTT broker on 127.0.0.1:1883 and no mosquitto binary; "

@@ -38,6 +38,30 @@ async def _serve(sim: SimUpstream) -> None:
     await sim.close()
 
 
+def add_frigate_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--port", type=int, default=5000)
+    ap.add_argument("--host", default="127.0.0.1")
+
+
+def run_frigate(a: argparse.Namespace) -> int:
+    from services.sim_upstream.frigate import SimFrigate
+
+    async def serve() -> None:
+        sim = SimFrigate(a.host, a.port)
+        await sim.start()
+        print(f"sim-frigate on {sim.url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await sim.close()
+
+    asyncio.run(serve())
+    return 0
+
+
 def run(a: argparse.Namespace) -> int:
     cfg = SimConfig(model=a.model, ttft=a.ttft, per_token=a.per_token, words=a.words, vision=not a.no_vision,
                     slots=a.slots, continuation=not a.no_continuation, fault=a.fault,

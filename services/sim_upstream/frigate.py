@@ -1,0 +1,58 @@
+"""A simulated Frigate HTTP API: snapshots for any event id, 404 while "in progress" if asked.
+
+For the embedded default (``homelab up`` starts one on :5000 when no Frigate is configured) and tests.
+"""
+
+from __future__ import annotations
+
+import io
+
+from aiohttp import web
+from PIL import Image, ImageDraw
+
+
+def sample_jpeg(width: int = 1920, height: int = 1080, label: str = "homelab sim-frigate") -> bytes:
+    im = Image.new("RGB", (width, height), (90, 120, 160))
+    draw = ImageDraw.Draw(im)
+    draw.rectangle((width // 2 - 120, height // 2 - 300, width // 2 + 120, height // 2 + 300), fill=(200, 170, 140))
+    draw.text((40, 40), label, fill=(255, 255, 255))
+    out = io.BytesIO()
+    im.save(out, format="JPEG", quality=80)
+    return out.getvalue()
+
+
+class SimFrigate:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host, self.port = host, port
+        self.missing_for = 0  # answer 404 this many times first (-1: forever)
+        self.body = sample_jpeg()
+        self.requests = 0
+        app = web.Application()
+        app.router.add_get("/api/events/{event_id}/snapshot.jpg", self._snapshot)
+        app.router.add_get("/api/events/{event_id}/thumbnail.jpg", self._snapshot)
+        app.router.add_get("/api/version", self._version)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.port)
+        await site.start()
+        self.port = int(self.runner.addresses[0][1])
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.Response(text="0.17.0-sim")
+
+    async def _snapshot(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self.missing_for != 0:
+            if self.missing_for > 0:
+                self.missing_for -= 1
+            return web.json_response({"success": False, "message": "Event not found"}, status=404)
+        return web.Response(body=self.body, content_type="image/jpeg")
