@@ -3,8 +3,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if ! command -v mosquitto >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null
+# Real parts the tests start: Mosquitto (broker) and Debian's Netdata agent.
+need=""
+command -v mosquitto >/dev/null 2>&1 || need="$need mosquitto"
+command -v mosquitto_passwd >/dev/null 2>&1 || need="$need mosquitto"
+command -v netdata >/dev/null 2>&1 || need="$need netdata"
+if [ -n "$need" ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+    # the package starts a system netdata on :19999; the tests start their own
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now netdata >/dev/null 2>&1 || true; fi
+  else
+    echo "install.sh: please install:$need (Debian: apt-get install$need)" >&2
+  fi
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true

@@ -16,6 +16,7 @@ SERVICES = {
     "ring_listener": "services.ring_listener.main",
     "dedup": "services.dedup.main",
     "vision_notifier": "services.vision_notifier.main",
+    "netdata_bridge": "services.netdata_bridge.main",
 }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from services.broker import port_answers, local_config
+from services.broker import local_config, port_answers
 from services.router.policy import load_policy
 
 # The lab's rough time to first token per route (seconds); scaled down by default.
@@ -61,12 +61,23 @@ def _children(a: argparse.Namespace) -> list[Child]:
     if not a.no_services:
         from services.run import SERVICES
 
-        out += [Child(name, [*exe, "run", name]) for name in SERVICES]
+        # the bridge only runs when there is a Netdata to bridge
+        netdata = bool(os.environ.get("HOMELAB_NETDATA_URL") or _configured_netdata())
+        out += [Child(name, [*exe, "run", name]) for name in SERVICES if name != "netdata_bridge" or netdata]
         if not os.environ.get("HOMELAB_FRIGATE_URL") and not a.no_sims and not port_answers(port=5000):
             # no Frigate configured: a simulated one serves snapshots, so a hand-published event
             # goes through the whole triage path
             out.append(Child("sim:frigate", [*exe, "sim-frigate", "--port", "5000"]))
     return out
+
+
+def _configured_netdata() -> str | None:
+    from shared.settings import SettingsError, load_settings
+
+    try:
+        return load_settings().netdata_url
+    except SettingsError:
+        return None
 
 
 def _local_broker(state_dir: Path) -> Child | None:

@@ -168,6 +168,7 @@ class Bus:
                     socket_options=NODELAY,
                 ) as client:
                     self._client = client
+                    client.pending_calls_threshold = SEND_WINDOW + 10  # our own window, not a leak
                     for topic in (*self.subscriptions, *self.confirm):
                         await client.subscribe(topic, qos=1)
                     await client.publish(self.status_topic, b"online", qos=1, retain=True)

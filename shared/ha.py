@@ -16,6 +16,14 @@ def object_id(*parts: str) -> str:
     return _ID.sub("_", "_".join(parts)).strip("_").lower()
 
 
+_SLUG = re.compile(r"[^a-z0-9_]+")
+
+
+def slug(*parts: str) -> str:
+    """An entity id's object part as HA makes it: lowercase, [a-z0-9_] only (no hyphens)."""
+    return _SLUG.sub("_", "_".join(parts).lower()).strip("_")
+
+
 def device(identifier: str, name: str, model: str, manufacturer: str = "homelab") -> dict[str, Any]:
     return {"identifiers": [identifier], "name": name, "manufacturer": manufacturer, "model": model,
             "sw_version": ORIGIN["sw"]}

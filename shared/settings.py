@@ -63,6 +63,14 @@ class NotifierSettings(_Section):
     ha_state_delay: float = Field(default=1.0, ge=0)  # after a new camera's discovery, before its state
 
 
+class NetdataSettings(_Section):
+    interval: float = Field(default=15.0, gt=0)  # seconds between polls
+    heartbeat: float = Field(default=300.0, gt=0)  # unchanged state is re-published at most this often
+    remove_after: int = Field(default=40, ge=1)  # cycles a sensor may be absent before it is removed
+    mounts: tuple[str, ...] = ("/",)
+    timeout: float = Field(default=5.0, gt=0)
+
+
 class Settings(_Section):
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     router_url: str = "http://127.0.0.1:8080/v1"
@@ -75,6 +83,7 @@ class Settings(_Section):
     ring: RingSettings = RingSettings()
     dedup: DedupSettings = DedupSettings()
     notifier: NotifierSettings = NotifierSettings()
+    netdata: NetdataSettings = NetdataSettings()
 
 
 ENV = {

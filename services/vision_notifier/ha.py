@@ -6,7 +6,7 @@ from typing import Any
 
 from services.vision_notifier.triage import EVENT_TYPES
 from shared import topics
-from shared.ha import availability, device, discovery, object_id
+from shared.ha import availability, device, discovery, object_id, slug
 
 SERVICE = "vision_notifier"
 
@@ -19,7 +19,7 @@ def camera_topics(camera: str) -> dict[str, str]:
 
 def entity_ids(camera: str) -> dict[str, str]:
     """The entity ids discovery asks HA to create (default_entity_id)."""
-    c = object_id(camera)
+    c = slug(camera)
     return {"event": f"event.{c}_alert", "last": f"sensor.{c}_last_event", "image": f"image.{c}_snapshot"}
 
 

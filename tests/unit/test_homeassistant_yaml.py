@@ -63,3 +63,18 @@ def test_automations_read_the_fields_the_notifier_publishes() -> None:
     published = {"title", "message", "tag", "description", "image", "has_image", "camera", "event_type"}
     assert used <= published
     assert "ding" in EVENT_TYPES
+
+
+def test_system_health_dashboard_references_exactly_what_the_bridge_creates() -> None:
+    from services.netdata_bridge.bridge import sensor_discovery
+    from services.netdata_bridge.metrics import extract
+    from tests.netdata_http import lab_hosts
+
+    created = {sensor_discovery(host, r)[1]["default_entity_id"]
+               for host, metrics in lab_hosts().items() for r in extract(metrics).values()}
+    dashboard = HA / "dashboards" / "system_health.yaml"
+    views = load(dashboard)["views"]
+    assert [v["title"] for v in views] == ["Overview", "GPUs", "Storage"]
+    referenced = set(ENTITY.findall(dashboard.read_text()))
+    assert referenced == created
+    assert "sensor.spark_gpu0_memory_used" not in referenced  # unified memory: no VRAM sensor
