@@ -75,12 +75,14 @@ class Bus:
     def __init__(self, url: str, service: str, *, subscribe: list[str] | tuple[str, ...] = (),
                  persistent: bool = True, client_id: str | None = None,
                  on_connect: Callable[[Bus], Coroutine[Any, Any, None]] | None = None,
-                 confirm: tuple[str, ...] = ()) -> None:
+                 confirm: tuple[str, ...] = (), outbox_limit: int | None = None) -> None:
         self.target = parse_mqtt_url(url)
         # Topics whose messages we read back (our own publications echoed by the broker): after a
         # lost connection, an unacked message whose echo arrives is not sent again, so a broker
         # restart does not double it. Costs one extra delivery per message on these topics.
         self.confirm = confirm
+        # For state that is re-published anyway: past this many queued messages the oldest go.
+        self.outbox_limit = outbox_limit
         self._echoes: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.service = service
         self.subscriptions = list(subscribe)
@@ -131,6 +133,12 @@ class Bus:
         """Queue a message; it is sent now or after the next reconnect. ``wait``: until the broker acks."""
         item = _Outgoing(topic, _encode(payload), qos, retain, asyncio.get_running_loop().create_future())
         self._outbox.append(item)
+        if self.outbox_limit is not None:
+            while len(self._outbox) > self.outbox_limit:
+                dropped = self._outbox.popleft()
+                if not dropped.done.done():
+                    dropped.done.set_exception(ConnectionError("dropped from a full outbox"))
+                    dropped.done.exception()  # retrieved: nobody waits on state messages
         self._outbox_ready.set()
         if wait:
             await asyncio.shield(item.done)

@@ -78,7 +78,7 @@ class Lab:
     """Four simulated upstreams named like the lab's routes, and a router in front of them."""
 
     def __init__(self, bg: BackgroundLoop, tmp: Path, policy_overrides: dict[str, Any] | None = None,
-                 admin_token: str | None = ADMIN_TOKEN, probes: bool = True) -> None:
+                 admin_token: str | None = ADMIN_TOKEN, probes: bool = True, mqtt_url: str | None = None) -> None:
         self.bg = bg
         self.tmp = tmp
         self.sims: dict[str, SimUpstream] = {}
@@ -93,7 +93,7 @@ class Lab:
         self.write_policy(self.policy)
         self.log_dir = tmp / "logs"
         settings = RouterSettings(policy_path=self.policy_path, admin_token=admin_token, log_dir=self.log_dir,
-                                  probes=probes)
+                                  probes=probes, mqtt_url=mqtt_url)
         self.app = create_app(settings)
         self.svc: RouterService = self.app.state.svc
         self.port = free_port()

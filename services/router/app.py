@@ -24,6 +24,7 @@ from starlette.responses import Response
 from services.router.decide import Router, check_examples
 from services.router.errors import PolicyError, RequestError, error_body
 from services.router.metrics import Metrics
+from services.router.mqtt_state import RouterMqtt, snapshot_of
 from services.router.policy import Policy, load_policy
 from services.router.preflight import EmbeddingsRequest, preflight
 from services.router.proxy import JSON, Ctx, Dispatcher
@@ -51,6 +52,7 @@ class RouterSettings:
     log_dir: Path = field(default_factory=log_dir)
     max_body: int = DEFAULT_MAX_BODY
     probes: bool = True
+    mqtt_url: str | None = None  # publish route health and load (HA discovery) when set
 
     @classmethod
     def from_env(cls, policy_path: Path) -> RouterSettings:
@@ -59,6 +61,7 @@ class RouterSettings:
             admin_token=os.environ.get("HOMELAB_ADMIN_TOKEN") or None,
             log_dir=log_dir(),
             max_body=int(os.environ.get("HOMELAB_MAX_BODY_BYTES", DEFAULT_MAX_BODY)),
+            mqtt_url=os.environ.get("HOMELAB_MQTT_URL") or None,
         )
 
 
@@ -101,13 +104,20 @@ class RouterService:
             self.dispatcher = Dispatcher(session, lambda: self.states, self.metrics, self.decisions,
                                          self.failures, self.validations, self._on_poisoned)
             async with asyncio.TaskGroup() as tg:
-                probe = tg.create_task(self._probe_loop(), name="router-health-probes") \
-                    if self.settings.probes else None
+                background = []
+                if self.settings.probes:
+                    background.append(tg.create_task(self._probe_loop(), name="router-health-probes"))
+                if self.settings.mqtt_url:
+                    mqtt = RouterMqtt(self.settings.mqtt_url, snapshot_of(
+                        lambda: self.states,
+                        lambda: {n: r.max_concurrency for n, r in self.router.policy.routes.items()}))
+                    self.poison_listeners.append(mqtt.poisoned)
+                    background.append(tg.create_task(mqtt.run(), name="router-mqtt"))
                 try:
                     yield
                 finally:
-                    if probe is not None:
-                        probe.cancel()
+                    for task in background:
+                        task.cancel()
         for w in (self.decisions, self.failures, self.recoveries, self.validations):
             w.close()
 

@@ -1,0 +1,100 @@
+"""Optional: the router's per-route health and load on MQTT, with Home Assistant discovery.
+
+Only when HOMELAB_MQTT_URL is set. The router never depends on the broker: publications queue in a
+bounded outbox (oldest state dropped first) and the request path never waits on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from services.router.state import RouteState
+from shared import topics
+from shared.bus import Bus
+from shared.ha import availability, device, discovery, slug
+
+SERVICE = "router"
+EVENTS = "homelab/router/events"
+log = logging.getLogger("homelab.router.mqtt")
+
+
+def route_topic(route: str) -> str:
+    return f"homelab/router/{route}/state"
+
+
+def route_discovery(route: str) -> list[tuple[str, dict[str, Any]]]:
+    r = slug(route)
+    common = {"device": device("homelab_router", "homelab-router", "LLM router"), "state_topic": route_topic(route),
+              **availability(topics.status(SERVICE))}
+    return [
+        discovery("binary_sensor", "homelab_router", f"{route}_healthy", {
+            "name": f"{route} healthy", "default_entity_id": f"binary_sensor.router_{r}_healthy",
+            "device_class": "connectivity", "value_template": "{{ 'ON' if value_json.healthy else 'OFF' }}",
+            **common}),
+        discovery("binary_sensor", "homelab_router", f"{route}_poisoned", {
+            "name": f"{route} CUDA poisoned", "default_entity_id": f"binary_sensor.router_{r}_poisoned",
+            "device_class": "problem", "value_template": "{{ 'ON' if value_json.poisoned else 'OFF' }}", **common}),
+        discovery("binary_sensor", "homelab_router", f"{route}_saturated", {
+            "name": f"{route} saturated", "default_entity_id": f"binary_sensor.router_{r}_saturated",
+            "value_template": "{{ 'ON' if value_json.saturated else 'OFF' }}", **common}),
+        discovery("sensor", "homelab_router", f"{route}_in_flight", {
+            "name": f"{route} in flight", "default_entity_id": f"sensor.router_{r}_in_flight",
+            "state_class": "measurement", "unit_of_measurement": "requests",
+            "value_template": "{{ value_json.in_flight }}", "icon": "mdi:transit-connection-variant", **common}),
+        discovery("sensor", "homelab_router", f"{route}_circuit", {
+            "name": f"{route} circuit", "default_entity_id": f"sensor.router_{r}_circuit",
+            "value_template": "{{ value_json.circuit }}", "icon": "mdi:electric-switch", **common}),
+    ]
+
+
+class RouterMqtt:
+    def __init__(self, url: str, snapshot: Callable[[], dict[str, dict[str, Any]]], interval: float = 5.0) -> None:
+        self.bus = Bus(url, SERVICE, subscribe=[topics.HA_STATUS], on_connect=self._announce, outbox_limit=500)
+        self.snapshot = snapshot
+        self.interval = interval
+        self._last: dict[str, bytes] = {}
+
+    async def _announce(self, bus: Bus) -> None:
+        for route in self.snapshot():
+            for topic, cfg in route_discovery(route):
+                await bus.publish(topic, orjson.dumps(cfg), retain=True)
+        self._last.clear()  # and the state again
+
+    async def publish_state(self) -> None:
+        for route, state in self.snapshot().items():
+            payload = orjson.dumps({k: state[k] for k in ("healthy", "in_flight", "max_concurrency", "saturated",
+                                                           "drained", "poisoned", "circuit", "last_error")})
+            if self._last.get(route) != payload:
+                self._last[route] = payload
+                await self.bus.publish(route_topic(route), payload, retain=True)
+
+    async def poisoned(self, route: str, detail: str) -> None:
+        """For the watchdog: a CUDA-poisoned route, at once."""
+        await self.bus.publish(EVENTS, orjson.dumps({"route": route, "kind": "cuda_poisoned", "detail": detail}))
+        await self.publish_state()
+
+    async def run(self) -> None:
+        async with self.bus:
+            while True:
+                await self.publish_state()
+                try:
+                    async with asyncio.timeout(self.interval):
+                        async for msg in self.bus.messages():
+                            if msg.topic == topics.HA_STATUS and msg.payload == b"online":
+                                await self._announce(self.bus)
+                except TimeoutError:
+                    pass
+
+
+def snapshot_of(states: Callable[[], dict[str, RouteState]],
+                caps: Callable[[], dict[str, int]]) -> Callable[[], dict[str, dict[str, Any]]]:
+    def snap() -> dict[str, dict[str, Any]]:
+        c = caps()
+        return {n: st.snapshot(c[n]) for n, st in states().items() if n in c}
+
+    return snap
