@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services import up
+from services import runbooks, up
 from services.sim_upstream import cli as sim_cli
 
 
@@ -27,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run one MQTT service in the foreground")
     r.add_argument("service", help="frigate_consumer | ring_listener | dedup")
     r.add_argument("--log-level", default="INFO")
+    runbooks.add_arguments(sub)
     a = ap.parse_args(argv)
+    if a.cmd in runbooks.COMMANDS:
+        return runbooks.run(a)
     if a.cmd == "run":
         from services.run import run
 

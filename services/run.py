@@ -17,6 +17,8 @@ SERVICES = {
     "dedup": "services.dedup.main",
     "vision_notifier": "services.vision_notifier.main",
     "netdata_bridge": "services.netdata_bridge.main",
+    "watchdog": "services.watchdog.main",
+    "scheduler": "services.scheduler.main",
 }
 
 

@@ -71,6 +71,49 @@ class NetdataSettings(_Section):
     timeout: float = Field(default=5.0, gt=0)
 
 
+class RestartAction(_Section):
+    """How to restart what serves a route: a Docker container, a systemd user unit, or a command."""
+
+    kind: str = Field(pattern="^(docker|systemd|command)$")
+    container: str | None = None
+    unit: str | None = None
+    argv: tuple[str, ...] = ()
+    timeout: float = Field(default=120.0, gt=0)
+
+
+class CudaRecovery(_Section):
+    kind: str = Field(default="router", pattern="^(router|command)$")  # router: POST /admin/recover-cuda
+    argv: tuple[str, ...] = ("scripts/recover-cuda.sh",)
+
+
+class WatchedRoute(_Section):
+    restart: RestartAction | None = None
+    cuda_probe: tuple[str, ...] = ()  # a command exiting non-zero when a fresh cuInit fails
+    cuda_recover: CudaRecovery | None = None
+
+
+class WatchdogSettings(_Section):
+    policy: Path = Path("config/routing_policy.yaml")
+    interval: float = Field(default=60.0, gt=0)
+    probe_timeout: float = Field(default=5.0, gt=0)
+    failures_before_restart: int = Field(default=3, ge=1)
+    restart_budget_per_hour: int = Field(default=3, ge=0)
+    backoff: float = Field(default=60.0, ge=0)  # after a restart, wait at least this long (doubles, to 1 h)
+    routes: dict[str, WatchedRoute] = {}
+
+
+class AlertSettings(_Section):
+    telegram_chat_id: str | None = None  # the bot token comes from HOMELAB_TELEGRAM_TOKEN
+    telegram_api: str = "https://api.telegram.org"
+    ha_topic: str = "homelab/alert"  # Home Assistant fallback (an automation turns it into a push)
+    timeout: float = Field(default=10.0, gt=0)
+
+
+class SchedulerSettings(_Section):
+    jobs_file: Path = Path("config/schedules.yaml")
+    tick: float = Field(default=5.0, gt=0)
+
+
 class Settings(_Section):
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     router_url: str = "http://127.0.0.1:8080/v1"
@@ -84,6 +127,10 @@ class Settings(_Section):
     dedup: DedupSettings = DedupSettings()
     notifier: NotifierSettings = NotifierSettings()
     netdata: NetdataSettings = NetdataSettings()
+    watchdog: WatchdogSettings = WatchdogSettings()
+    alerts: AlertSettings = AlertSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    telegram_token: SecretStr | None = None
 
 
 ENV = {
@@ -94,6 +141,7 @@ ENV = {
     "HOMELAB_STATE_DIR": "state_dir",
     "HOMELAB_LOG_DIR": "log_dir",
     "HOMELAB_ADMIN_TOKEN": "admin_token",
+    "HOMELAB_TELEGRAM_TOKEN": "telegram_token",
 }
 
 

@@ -1,0 +1,128 @@
+"""Runbooks as commands: ``homelab drain|undrain|reload|recover-cuda|upstreams|explain|summary``.
+
+They talk to the router's admin API (HOMELAB_ROUTER_URL, HOMELAB_ADMIN_TOKEN, or --router/--token).
+Exit codes: 0 done, 1 the router refused or failed, 2 bad usage or unreachable router.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+COMMANDS = ("drain", "undrain", "reload", "recover-cuda", "upstreams", "explain", "summary", "cuda-probe")
+
+
+def add_arguments(sub: Any) -> None:
+    for name, help_ in (("drain", "move auto traffic off a route (pins still pass)"),
+                        ("undrain", "give a route its traffic back"),
+                        ("recover-cuda", "run a route's CUDA recovery through the router")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("route")
+        _common(p)
+    _common(sub.add_parser("reload", help="re-read the routing policy (a bad file is refused)"))
+    _common(sub.add_parser("upstreams", help="health, load, circuit and last error of every route"))
+    e = sub.add_parser("explain", help="the routing decision for a prompt (no upstream needed)")
+    e.add_argument("prompt")
+    e.add_argument("--image", action="store_true")
+    e.add_argument("--tokens", type=int)
+    e.add_argument("--policy", type=Path, default=Path("config/routing_policy.yaml"))
+    s = sub.add_parser("summary", help="routing summary from router-decisions.jsonl")
+    s.add_argument("--days", type=float, default=7)
+    sub.add_parser("cuda-probe", help="exit 0 if a fresh cuInit(0) works on this machine, 1 if not")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--router", default=None, help="router base URL (default: HOMELAB_ROUTER_URL)")
+    p.add_argument("--token", default=None, help="admin token (default: HOMELAB_ADMIN_TOKEN)")
+
+
+def _client(a: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    base = (a.router or os.environ.get("HOMELAB_ROUTER_URL") or "http://127.0.0.1:8080/v1").rstrip("/")
+    token = a.token or os.environ.get("HOMELAB_ADMIN_TOKEN") or ""
+    return base.removesuffix("/v1"), {"Authorization": f"Bearer {token}"}
+
+
+def _call(a: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    base, headers = _client(a)
+    try:
+        r = httpx.request(method, base + path, headers=headers, json=body, timeout=660)
+    except httpx.HTTPError as exc:
+        print(f"homelab: cannot reach the router at {base}: {type(exc).__name__}", file=sys.stderr)
+        return 2, None
+    try:
+        data = r.json()
+    except ValueError:
+        data = {"error": {"message": r.text[:300]}}
+    if r.status_code >= 400:
+        msg = data.get("error", {}).get("message") if isinstance(data, dict) else str(data)
+        print(f"homelab: {path} refused (HTTP {r.status_code}): {msg}", file=sys.stderr)
+        return 1, data
+    return 0, data
+
+
+def cuda_probe() -> int:
+    """A fresh cuInit(0) through libcuda (what breaks after an eGPU link flap while nvidia-smi still works)."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError as exc:
+        print(f"cuda-probe: libcuda.so.1 not loadable: {exc}", file=sys.stderr)
+        return 1
+    rc = int(lib.cuInit(0))
+    count = ctypes.c_int(0)
+    if rc == 0:
+        lib.cuDeviceGetCount(ctypes.byref(count))
+    print(f"cuInit(0) = {rc}, devices = {count.value}")
+    return 0 if rc == 0 else 1
+
+
+def run(a: argparse.Namespace) -> int:
+    cmd = a.cmd
+    if cmd == "cuda-probe":
+        return cuda_probe()
+    if cmd == "explain":
+        from services.router.cli import main as router_main
+
+        argv = ["explain", a.prompt, "--policy", str(a.policy)] + (["--image"] if a.image else []) + (
+            ["--tokens", str(a.tokens)] if a.tokens is not None else [])
+        return router_main(argv)
+    if cmd == "summary":
+        from services.scheduler.checks import weekly_summary
+        from shared.settings import load_settings
+
+        async def summarize() -> str:
+            async with httpx.AsyncClient() as client:
+                return await weekly_summary(load_settings(), client, {"days": a.days})
+
+        print(asyncio.run(summarize()))
+        return 0
+    if cmd in ("drain", "undrain"):
+        code, data = _call(a, "POST", f"/admin/{cmd}/{a.route}")
+        if code == 0:
+            done = "drained (auto traffic goes to its failover; pins still pass)" if cmd == "drain" else "back in service"
+            print(f"{a.route}: {done}")
+        return code
+    if cmd == "reload":
+        code, data = _call(a, "POST", "/admin/reload-config")
+        if code == 0:
+            print(f"policy reloaded: routes {', '.join(data['routes'])}")
+        return code
+    if cmd == "recover-cuda":
+        code, data = _call(a, "POST", "/admin/recover-cuda", {"route": a.route})
+        if code == 0:
+            print(f"{a.route}: CUDA recovery ok in {data.get('seconds')} s")
+        return code
+    code, data = _call(a, "GET", "/admin/upstreams")
+    if code == 0:
+        print(f"{'route':<14}{'healthy':<9}{'load':<8}{'circuit':<11}{'drained':<9}{'poisoned':<10}last error")
+        for name, st in data["routes"].items():
+            print(f"{name:<14}{'yes' if st['healthy'] else 'NO':<9}{st['in_flight']}/{st['max_concurrency']:<6}"
+                  f"{st['circuit']:<11}{'yes' if st['drained'] else '-':<9}{'YES' if st['poisoned'] else '-':<10}"
+                  f"{(st['last_error'] or '-')[:60]}")
+    return code
