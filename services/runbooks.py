@@ -105,8 +105,8 @@ def run(a: argparse.Namespace) -> int:
     if cmd in ("drain", "undrain"):
         code, data = _call(a, "POST", f"/admin/{cmd}/{a.route}")
         if code == 0:
-            done = "drained (auto traffic goes to its failover; pins still pass)" if cmd == "drain" else "back in service"
-            print(f"{a.route}: {done}")
+            drained = "drained (auto traffic goes to its failover; pins still pass)"
+            print(f"{a.route}: {drained if cmd == 'drain' else 'back in service'}")
         return code
     if cmd == "reload":
         code, data = _call(a, "POST", "/admin/reload-config")
