@@ -16,7 +16,7 @@ from typing import Literal
 from croniter import croniter
 
 _PART = re.compile(r"(\d+)\s*(s|sec|secs|second|seconds|m|min|mins|minute|minutes|h|hr|hrs|hour|hours|d|day|days|"
-                   r"w|week|weeks)\b")
+                   r"w|week|weeks)(?![a-z])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 

@@ -262,3 +262,24 @@ def test_new_camera_discovery_comes_before_its_state(bg: BackgroundLoop, broker:
     states = out.json_on("homelab/camera/side_gate/event")
     assert states and all(s["event_type"] in event_cfg["event_types"] for s in states)
     assert out.on("homelab/camera/side_gate/snapshot")[0][:2] == b"\xff\xd8"  # a JPEG for the image entity
+
+
+def test_scheduled_camera_selftest(bg: BackgroundLoop, broker: Broker, settings: Settings, notifier: Service) -> None:
+    from services.scheduler.checks import camera_e2e
+
+    async def run(timeout_s: float) -> str:
+        import httpx
+
+        async with httpx.AsyncClient() as client:
+            return await camera_e2e(settings, client, {"timeout_s": timeout_s})
+
+    ingest = [Service(bg, frigate_main, settings), Service(bg, dedup_main, settings)]
+    try:
+        wait_online(bg, broker, "dedup")
+        assert bg.run(run(20)) == ""  # silent tick: the known sample went all the way
+        notifier.stop()
+        failed = bg.run(run(2))
+        assert "homelab/notify/rich" in failed and "did not arrive" in failed
+    finally:
+        for s in ingest:
+            s.stop()
