@@ -92,8 +92,9 @@ def watchdog_settings(lab: Lab, tmp: Path, broker: Broker, port: int, restart: l
     routes = {"win-5090": WatchedRoute(restart=RestartAction(kind="command", argv=tuple(restart), timeout=20)),
               "spark": WatchedRoute(restart=RestartAction(kind="command", argv=("sh", "-c", f"echo no > {tmp}/x")))}
     return Settings(mqtt_url=broker.url(), log_dir=tmp / "logs", state_dir=tmp / "state",
-                    watchdog=WatchdogSettings(policy=policy_path, failures_before_restart=2, restart_budget_per_hour=budget,
-                                              backoff=0, probe_timeout=1, routes=routes))
+                    watchdog=WatchdogSettings(policy=policy_path, failures_before_restart=2,
+                                              restart_budget_per_hour=budget, backoff=0, probe_timeout=1,
+                                              routes=routes))
 
 
 def test_watchdog_restarts_a_dead_upstream_with_a_real_command(bg: BackgroundLoop, broker: Broker, lab: Lab,
