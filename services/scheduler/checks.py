@@ -27,14 +27,13 @@ def _router_base(settings: Settings) -> str:
 
 
 async def upstream_health(settings: Settings, client: httpx.AsyncClient, opts: dict[str, Any]) -> str:
-    token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+    # /stats carries the same per-route state as /admin/upstreams and needs no token
     try:
-        r = await client.get(f"{_router_base(settings)}/admin/upstreams", headers={"Authorization": f"Bearer {token}"},
-                             timeout=10)
+        r = await client.get(f"{_router_base(settings)}/stats", timeout=10)
     except httpx.HTTPError as exc:
         return f"router unreachable at {_router_base(settings)}: {type(exc).__name__}"
     if r.status_code != 200:
-        return f"router /admin/upstreams answered HTTP {r.status_code}"
+        return f"router /stats answered HTTP {r.status_code}"
     bad = []
     for name, st in r.json()["routes"].items():
         if not st["healthy"] or st["drained"]:
@@ -136,7 +135,7 @@ async def camera_e2e(settings: Settings, client: httpx.AsyncClient, opts: dict[s
            "start_time": time.time(), "end_time": None, "current_zones": [], "entered_zones": []}
     seen: set[str] = set()
     wanted = {topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.TIMELINE}
-    async with Bus(settings.mqtt_url, "scheduler_selftest", subscribe=sorted(wanted), persistent=False,
+    async with Bus(settings.mqtt_url, "scheduler/selftest", subscribe=sorted(wanted), persistent=False,
                    client_id=f"homelab-selftest-{uuid.uuid4().hex[:8]}") as bus:
         await asyncio.wait_for(bus.connected.wait(), 10)
         await bus.publish(f"{prefix}/events", orjson.dumps({"type": "new", "before": obj, "after": obj}), wait=True)

@@ -13,8 +13,8 @@ SERVICE = "vision_notifier"
 
 def camera_topics(camera: str) -> dict[str, str]:
     c = object_id(camera)
-    return {"event": f"homelab/camera/{c}/event", "last": f"homelab/camera/{c}/last_event",
-            "image": f"homelab/camera/{c}/snapshot"}
+    return {"event": f"homelab/cameras/{c}/event", "last": f"homelab/cameras/{c}/last_event",
+            "image": f"homelab/cameras/{c}/snapshot"}
 
 
 def entity_ids(camera: str) -> dict[str, str]:

@@ -54,7 +54,7 @@ def settings(broker: Broker, lab: Lab, frigate: FakeFrigate, tmp_path: Path) -> 
 
 @pytest.fixture
 def out(bg: BackgroundLoop, broker: Broker) -> Iterator[Collector]:
-    c = Collector(bg, broker.url(), *OUT, "homeassistant/#", "homelab/camera/+/+")
+    c = Collector(bg, broker.url(), *OUT, "homeassistant/#", "homelab/cameras/#")
     yield c
     c.close()
 
@@ -252,16 +252,16 @@ def test_new_camera_discovery_comes_before_its_state(bg: BackgroundLoop, broker:
     send(bg, broker, camera_event(frigate, camera="side_gate"))
     wait_timeline(out)
     order = [t for t, _, _ in out.messages]
-    first_state = min(order.index(t) for t in order if t.startswith("homelab/camera/side_gate/"))
+    first_state = min(order.index(t) for t in order if t.startswith("homelab/cameras/side_gate/"))
     configs = [i for i, t in enumerate(order) if t.startswith("homeassistant/") and "side_gate" in t]
     assert len(configs) == 3 and max(configs) < first_state
     discovery = {t: orjson.loads(p) for t, p, _ in out.messages if t.startswith("homeassistant/event/")}
     event_cfg = next(iter(discovery.values()))
     assert event_cfg["event_types"] == list(EVENT_TYPES)
     assert event_cfg["device"]["identifiers"] and event_cfg["origin"]["name"] == "homelab"
-    states = out.json_on("homelab/camera/side_gate/event")
+    states = out.json_on("homelab/cameras/side_gate/event")
     assert states and all(s["event_type"] in event_cfg["event_types"] for s in states)
-    assert out.on("homelab/camera/side_gate/snapshot")[0][:2] == b"\xff\xd8"  # a JPEG for the image entity
+    assert out.on("homelab/cameras/side_gate/snapshot")[0][:2] == b"\xff\xd8"  # a JPEG for the image entity
 
 
 def test_scheduled_camera_selftest(bg: BackgroundLoop, broker: Broker, settings: Settings, notifier: Service) -> None:
@@ -283,3 +283,34 @@ def test_scheduled_camera_selftest(bg: BackgroundLoop, broker: Broker, settings:
     finally:
         for s in ingest:
             s.stop()
+
+
+def test_the_pipeline_works_under_the_per_service_acl(bg: BackgroundLoop, lab: Lab, frigate: FakeFrigate,
+                                                      tmp_path: Path) -> None:
+    """Every service as its own broker user under mosquitto/acl: nothing it needs is denied."""
+    users = {u: f"{u}-pw" for u in ("frigate", "frigate_consumer", "dedup", "vision_notifier", "homeassistant")}
+    b = Broker(tmp_path / "acl-broker", users=users, acl=True)
+    lab.configure("ubuntu-4090", json_answer=POSITIVE)
+
+    def as_user(user: str) -> Settings:
+        return Settings(mqtt_url=b.url(user), router_url=lab.base_url, frigate_url=frigate.url,
+                        state_dir=tmp_path / user, log_dir=tmp_path / "logs",
+                        notifier=NotifierSettings(ha_state_delay=0.1))
+
+    ha = Collector(bg, b.url("homeassistant"), *OUT, "homeassistant/#", "homelab/cameras/#", "homelab/+/status")
+    svcs = [Service(bg, frigate_main, as_user("frigate_consumer")), Service(bg, dedup_main, as_user("dedup")),
+            Service(bg, notifier_main, as_user("vision_notifier"))]
+    try:
+        assert ha.wait(lambda: {t for t, p, _ in ha.messages if p == b"online"} >= {
+            topics.status(s) for s in ("frigate_consumer", "dedup", "vision_notifier")})
+        obj = fixture_object("docs_v0.17.2_00_frigate_events.jsonc", id="acl-1", camera="porch", start_time=time.time())
+        publish(bg, b.url("frigate"), frigate_sequence(obj))
+        assert ha.wait(lambda: len(ha.on(topics.TIMELINE)) == 1, 20), [t for t, _, _ in ha.messages]
+        assert len(ha.on(topics.NOTIFY_TEXT)) == 1 and len(ha.on(topics.NOTIFY_RICH)) == 1
+        assert ha.on("homelab/cameras/porch/snapshot") and any(t.startswith("homeassistant/image/")
+                                                               for t, _, _ in ha.messages)
+    finally:
+        for s in svcs:
+            s.stop()
+        ha.close()
+        b.stop()

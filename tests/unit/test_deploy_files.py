@@ -1,0 +1,73 @@
+"""Deployment files parse, and every command they name exists (console scripts and subcommands)."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from services.run import SERVICES
+from services.runbooks import COMMANDS
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+HOMELAB_SUBCOMMANDS = {"run", "up", "router", "sim-upstream", "sim-frigate", *COMMANDS}
+
+
+def check_command(argv: list[str]) -> None:
+    exe = Path(argv[0]).name
+    assert exe in SCRIPTS, f"{exe} is not a console script of this project ({sorted(SCRIPTS)})"
+    if exe == "homelab":
+        assert argv[1] in HOMELAB_SUBCOMMANDS, argv
+        if argv[1] == "run":
+            assert argv[2] in SERVICES or argv[2] == "%i", argv
+
+
+def test_compose_services_and_commands() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"mosquitto", "router", *SERVICES} <= set(services)
+    for name, svc in services.items():
+        if name == "mosquitto":
+            continue
+        check_command(svc["command"])
+        assert svc.get("restart") == "unless-stopped" or compose["x-service"]["restart"] == "unless-stopped"
+        assert "healthcheck" in svc or "healthcheck" in compose["x-service"]
+    assert services["ring_listener"]["dns"]
+    assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
+    for cmd in ("homelab", "homelab-router"):
+        assert cmd in SCRIPTS
+
+
+def test_systemd_units() -> None:
+    units = list((ROOT / "deploy" / "systemd").glob("*.service"))
+    assert {u.name for u in units} == {"homelab-router.service", "homelab@.service"}
+    for unit in units:
+        cp = configparser.ConfigParser(strict=False, interpolation=None)
+        cp.read_string(unit.read_text())
+        argv = shlex.split(cp["Service"]["ExecStart"].replace("%h", "/home/u"))
+        check_command(argv)
+        assert cp["Service"]["Restart"] == "always"
+
+
+def test_hermes_skills_call_existing_commands() -> None:
+    skills = sorted((ROOT / "hermes" / "skills").glob("*/*/SKILL.md"))
+    assert len(skills) >= 7
+    for path in skills:
+        text = path.read_text()
+        front = yaml.safe_load(text.split("---")[1])
+        assert front["name"] == path.parent.name and front["description"]
+        for cmd in re.findall(r"`homelab ([a-z-]+)", text):
+            assert cmd in COMMANDS, f"{path}: homelab {cmd} does not exist"
+    config = yaml.safe_load((ROOT / "hermes" / "config.example.yaml").read_text())
+    assert config["model"]["provider"] == "custom" and config["model"]["base_url"].endswith("/v1")
+
+
+def test_mosquitto_acl_names_every_service() -> None:
+    acl = (ROOT / "mosquitto" / "acl").read_text()
+    users = set(re.findall(r"^user (\S+)", acl, re.M))
+    assert {*SERVICES, "router", "homeassistant"} <= users
