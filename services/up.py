@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import aiohttp
 
 from services.broker import local_config, port_answers
 from services.router.policy import load_policy
+from shared.service import stop_event
 
 # The lab's rough time to first token per route (seconds); scaled down by default.
 LAB_TTFT = {"ubuntu-6000": 3.0, "win-5090": 2.0, "spark": 5.0}
@@ -148,11 +148,7 @@ print(c.chat.completions.create(model='homelab/auto', messages=[{{'role': 'user'
 
 
 async def _main(a: argparse.Namespace) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     children = _children(a)
     os.environ.setdefault("HOMELAB_ROUTER_URL", f"http://{a.host}:{a.port}/v1")
     broker = None if a.no_services else _local_broker(Path(os.environ.get("HOMELAB_STATE_DIR") or "state"))

@@ -51,6 +51,26 @@ def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def stop_event() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (call inside the running loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def every(interval: float, job: Callable[[], Coroutine[Any, Any, object]], what: str) -> None:
+    """Run ``job`` forever, ``interval`` seconds apart; one failing run is logged, never fatal."""
+    while True:
+        try:
+            await job()
+        except Exception:
+            log.exception("%s failed", what)
+        await asyncio.sleep(interval)
+
+
 def run_service(main: Callable[[Settings], Coroutine[Any, Any, None]], settings: Settings) -> int:
     """Run a service's main until SIGINT/SIGTERM, then let it shut down cleanly."""
 

@@ -6,7 +6,10 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
+from shared.settings import Settings
+from tests.broker import Broker
 from tests.harness import BackgroundLoop, Lab
+from tests.pipeline import Service
 
 
 @pytest.fixture(scope="session")
@@ -14,6 +17,14 @@ def bg() -> Iterator[BackgroundLoop]:
     loop = BackgroundLoop()
     yield loop
     loop.close()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A real mosquitto from mosquitto/mosquitto.conf on a free port, with persistence."""
+    b = Broker(tmp_path / "broker")
+    yield b
+    b.stop()
 
 
 @pytest.fixture
@@ -34,3 +45,18 @@ def client(lab: Lab) -> Iterator[OpenAI]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "policy(**overrides): top-level policy keys for the lab fixture")
+
+
+@pytest.fixture
+def services(bg: BackgroundLoop, settings: Settings) -> Iterator[dict[str, Service]]:
+    """The ingest services (frigate_consumer, ring_listener, dedup) on the module's ``settings``."""
+    from services.dedup.main import main as dedup_main
+    from services.frigate_consumer.main import main as frigate_main
+    from services.ring_listener.main import main as ring_main
+
+    svc = {"frigate": Service(bg, frigate_main, settings), "ring": Service(bg, ring_main, settings),
+           "dedup": Service(bg, dedup_main, settings)}
+    yield svc
+    for s in svc.values():
+        if s.alive():
+            s.stop()

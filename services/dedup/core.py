@@ -6,13 +6,13 @@ dedup (or ring-mqtt replaying its state) fires nothing again.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from shared.messages import CameraEvent
 from shared.settings import DedupSettings
+from shared.sqlite import open_db
 
 Verdict = Literal["forward", "duplicate", "merged"]
 
@@ -33,11 +33,7 @@ class Decision:
 
 class DedupStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        self.db = open_db(path, SCHEMA)
 
     def close(self) -> None:
         self.db.close()

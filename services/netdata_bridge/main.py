@@ -11,6 +11,7 @@ import aiohttp
 from services.netdata_bridge.bridge import SERVICE, Bridge
 from shared import topics
 from shared.bus import Bus
+from shared.service import every
 from shared.settings import Settings
 
 log = logging.getLogger("homelab.netdata_bridge")
@@ -26,16 +27,8 @@ async def main(settings: Settings) -> None:
         bridge = Bridge(settings.netdata, settings.netdata_url, bus, session,
                         settings.state_dir / "netdata_bridge.json")
 
-        async def poll() -> None:
-            while True:
-                try:
-                    await bridge.cycle()
-                except Exception:  # one bad cycle must not stop the bridge
-                    log.exception("netdata cycle failed")
-                await asyncio.sleep(settings.netdata.interval)
-
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(poll(), name="netdata-poll")
+            tg.create_task(every(settings.netdata.interval, bridge.cycle, "netdata cycle"), name="netdata-poll")
             async for msg in bus.messages():
                 if msg.topic == topics.HA_STATUS and msg.payload == b"online":
                     await asyncio.sleep(random.uniform(0.5, 2.0))

@@ -411,6 +411,13 @@ class Dispatcher:
             h["Authorization"] = f"Bearer {route.api_key}"
         return h
 
+    async def _post_stream(self, route: Route, payload: bytes) -> aiohttp.ClientResponse:
+        # sock_read: aiohttp's per-read timeout is the stream idle timeout, at no cost per chunk
+        return await self.session.post(
+            route.chat_url, data=payload, headers=self._headers(route),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=route.connect_timeout,
+                                          sock_read=route.stream_idle_timeout))
+
     async def _attempt(self, ctx: Ctx, name: str, route: Route, st: RouteState,
                        release: Callable[[], None]) -> Outcome:
         payload = self._payload(ctx, route)
@@ -470,10 +477,7 @@ class Dispatcher:
         track = _StreamTrack()
         try:
             async with asyncio.timeout(route.first_token_timeout):
-                resp = await self.session.post(
-                    route.chat_url, data=payload, headers=self._headers(route),
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=route.connect_timeout,
-                                                  sock_read=route.stream_idle_timeout))
+                resp = await self._post_stream(route, payload)
                 if resp.status != 200:
                     raw = await resp.read()
                     outcome = self._classify_status(resp.status, raw, resp.headers.get("Retry-After"))
@@ -616,10 +620,7 @@ class Dispatcher:
         started = False
         try:
             async with asyncio.timeout(troute.first_token_timeout):
-                resp = await self.session.post(
-                    troute.chat_url, data=payload, headers=self._headers(troute),
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=troute.connect_timeout,
-                                                  sock_read=troute.stream_idle_timeout))
+                resp = await self._post_stream(troute, payload)
             if resp.status != 200:
                 self.failures.write({"request_id": ctx.request_id, "route": target, "kind": "continuation",
                                      "detail": f"http_{resp.status}: {_error_text(await resp.read())}"})

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 
 from services.sim_upstream.server import SimConfig, SimUpstream
+from shared.service import stop_event
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -29,12 +28,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 async def _serve(sim: SimUpstream) -> None:
     await sim.start()
     print(f"sim-upstream {sim.config.model} on {sim.base_url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await stop_event().wait()
     await sim.close()
 
 
@@ -50,12 +44,7 @@ def run_frigate(a: argparse.Namespace) -> int:
         sim = SimFrigate(a.host, a.port)
         await sim.start()
         print(f"sim-frigate on {sim.url}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await stop_event().wait()
         await sim.close()
 
     asyncio.run(serve())

@@ -3,7 +3,6 @@ so a restart mid-flow completes each event once."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import orjson
 
 from shared.messages import CameraEvent
+from shared.sqlite import open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -29,11 +29,7 @@ CREATE INDEX IF NOT EXISTS events_pending ON events (done);
 
 class NotifierStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        self.db = open_db(path, SCHEMA)
 
     def begin(self, ev: CameraEvent) -> bool:
         """Record the event as in progress; False if it was seen before (a redelivery)."""

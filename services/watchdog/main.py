@@ -16,6 +16,7 @@ from services.watchdog.core import Action, WatchdogCore
 from shared.alerts import Alerter
 from shared.bus import Bus
 from shared.jsonl import JsonlWriter
+from shared.service import every
 from shared.settings import RestartAction, Settings
 
 SERVICE = "watchdog"
@@ -139,9 +140,4 @@ async def main(settings: Settings) -> None:
     async with httpx.AsyncClient() as client, Bus(settings.mqtt_url, SERVICE) as bus:
         dog = Watchdog(settings, bus, client)
         log.info("watchdog: %d routes every %ss", len(dog.policy.routes), settings.watchdog.interval)
-        while True:
-            try:
-                await dog.tick()
-            except Exception:  # one bad tick must not stop the watchdog
-                log.exception("watchdog tick failed")
-            await asyncio.sleep(settings.watchdog.interval)
+        await every(settings.watchdog.interval, dog.tick, "watchdog tick")

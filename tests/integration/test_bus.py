@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -15,8 +14,6 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from services.dedup.main import main as dedup_main
-from services.frigate_consumer.main import main as frigate_main
-from services.ring_listener.main import main as ring_main
 from shared import topics
 from shared.settings import Settings
 from tests.broker import Broker
@@ -26,25 +23,13 @@ from tests.pipeline import Collector, Service, publish
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def settings(broker: Broker, tmp_path: Path) -> Settings:
     return make_settings(broker, tmp_path)
 
 
 @pytest.fixture
-def stack(bg: BackgroundLoop, settings: Settings) -> Iterator[dict[str, Service]]:
-    svc = {"frigate": Service(bg, frigate_main, settings), "ring": Service(bg, ring_main, settings),
-           "dedup": Service(bg, dedup_main, settings)}
-    yield svc
-    for s in svc.values():
-        if s.alive():
-            s.stop()
+def stack(services: dict[str, Service]) -> dict[str, Service]:
+    return services  # the ingest services (conftest), under this module's name
 
 
 def events(prefix: str, n: int) -> list[tuple[str, bytes]]:

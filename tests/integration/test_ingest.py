@@ -17,7 +17,6 @@ from services.dedup.main import main as dedup_main
 from services.frigate_consumer.main import main as frigate_main
 from services.ring_listener.handlers import HistoryItem
 from services.ring_listener.main import USER_AGENT, RingListener
-from services.ring_listener.main import main as ring_main
 from services.ring_listener.push import GuardedEventListener
 from shared import topics
 from shared.bus import Bus
@@ -27,13 +26,6 @@ from shared.settings import DedupSettings, RingSettings, Settings
 from tests.broker import Broker
 from tests.harness import BackgroundLoop
 from tests.pipeline import FIXTURES, Collector, Service, load_jsonc, publish
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    yield b
-    b.stop()
 
 
 def make_settings(broker: Broker, tmp: Path, **kw: Any) -> Settings:
@@ -53,16 +45,6 @@ def unique(bg: BackgroundLoop, broker: Broker) -> Iterator[Collector]:
     c = Collector(bg, broker.url(), topics.UNIQUE, topics.RAW)
     yield c
     c.close()
-
-
-@pytest.fixture
-def services(bg: BackgroundLoop, settings: Settings) -> Iterator[dict[str, Service]]:
-    svc = {"frigate": Service(bg, frigate_main, settings), "ring": Service(bg, ring_main, settings),
-           "dedup": Service(bg, dedup_main, settings)}
-    yield svc
-    for s in svc.values():
-        if s.alive():
-            s.stop()
 
 
 def frigate_sequence(obj: dict[str, Any], zones_later: bool = False) -> list[tuple[str, bytes]]:

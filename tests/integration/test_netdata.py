@@ -151,13 +151,6 @@ class Harness:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def ha(bg: BackgroundLoop, broker: Broker) -> Iterator[Collector]:
     c = Collector(bg, broker.url(), "homeassistant/#", "homelab/netdata/#")
     yield c

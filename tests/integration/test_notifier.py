@@ -30,13 +30,6 @@ OUT = (topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.TIMELINE, topics.TRIAGE)
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    yield b
-    b.stop()
-
-
-@pytest.fixture
 def frigate(bg: BackgroundLoop) -> Iterator[FakeFrigate]:
     f = FakeFrigate(bg)
     yield f

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,6 @@ from tests.broker import Broker
 from tests.harness import ADMIN_TOKEN, ROOT, BackgroundLoop, Lab, free_port
 from tests.netdata_http import FakeParent, lab_hosts
 from tests.pipeline import Collector
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    yield b
-    b.stop()
 
 
 def sim_process(port: int) -> list[str]:
