@@ -167,6 +167,10 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     for var, key in ENV.items():
         if env.get(var):
             data[key] = env[var]
+    if env.get("HOMELAB_POLICY"):  # the routing policy the router serves, for the watchdog too
+        watchdog = dict(data.get("watchdog") or {})  # type: ignore[call-overload]
+        watchdog["policy"] = env["HOMELAB_POLICY"]
+        data["watchdog"] = watchdog
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

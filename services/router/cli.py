@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from services.router.decide import AUTO
 from services.router.errors import PolicyError, RequestError
 from services.router.policy import load_policy
 
-DEFAULT_POLICY = Path("config/routing_policy.yaml")
+DEFAULT_POLICY = Path(os.environ.get("HOMELAB_POLICY") or "config/routing_policy.yaml")
 
 
 def explain(prompt: str, *, image: bool, tokens: int | None, model: str, policy_path: Path) -> str:

@@ -328,3 +328,24 @@ def test_a_sensor_gone_for_good_is_removed_and_a_late_one_appears(bg: Background
         assert "sensor.workstation_disk_data_used" in entities(ha)
     finally:
         h.close()
+
+
+def test_the_bridge_service_re_announces_when_home_assistant_comes_online(
+        bg: BackgroundLoop, broker: Broker, ha: Collector, parent: FakeParent, tmp_path: Path) -> None:
+    from services.netdata_bridge.main import main as bridge_main
+    from shared.settings import Settings
+    from tests.pipeline import Service, publish
+
+    s = Settings(mqtt_url=broker.url(), netdata_url=parent.url, state_dir=tmp_path / "state",
+                 log_dir=tmp_path / "logs", netdata=NetdataSettings(interval=30))
+    svc = Service(bg, bridge_main, s)
+    try:
+        def n_configs() -> int:
+            return sum(1 for t, _, _ in ha.messages if t.startswith("homeassistant/sensor/"))
+
+        assert ha.wait(lambda: n_configs() >= 61)
+        first = n_configs()
+        publish(bg, broker.url(), [("homeassistant/status", b"online")])
+        assert ha.wait(lambda: n_configs() >= 2 * first, 15)  # every config again, after a short random delay
+    finally:
+        svc.stop()

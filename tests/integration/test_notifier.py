@@ -307,3 +307,18 @@ def test_the_pipeline_works_under_the_per_service_acl(bg: BackgroundLoop, lab: L
             s.stop()
         ha.close()
         b.stop()
+
+
+def test_ring_mqtt_event_uses_the_snapshot_topic(bg: BackgroundLoop, broker: Broker, lab: Lab,
+                                                 notifier: Service, out: Collector) -> None:
+    from services.sim_upstream.frigate import sample_jpeg
+
+    topic = "ring/loc1/camera/3c7c3f000001/snapshot/image"
+    ev = CameraEvent(event_id="ring_mqtt:3c7c3f000001:ding:1", source="ring_mqtt", camera="front_door", kind="ding",
+                     label="person", started_at=time.time(), snapshot=SnapshotRef(kind="ring_mqtt", topic=topic))
+    send(bg, broker, ev)
+    publish(bg, broker.url(), [(topic, sample_jpeg(640, 360))])  # ring-mqtt's image arrives a moment later
+    record = wait_timeline(out)[0]
+    assert record["snapshot"]["ok"] is True and record["stage1"]["skipped"] is False
+    assert lab.sims["ubuntu-4090"].requests == 1
+    assert out.json_on(topics.NOTIFY_TEXT)[0]["event_type"] == "ding"
