@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 from fastapi import FastAPI, Request
+from pydantic import ValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -256,8 +257,10 @@ def create_app(settings: RouterSettings, router: Router | None = None) -> FastAP
         body = await _read_body(request, settings.max_body)
         try:
             EmbeddingsRequest.model_validate(body)
-        except Exception as exc:
-            raise RequestError(f"Invalid embeddings request: {exc}".splitlines()[0]) from exc
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            where = ".".join(str(p) for p in e["loc"]) or "body"
+            raise RequestError(f"Invalid embeddings request: {where}: {e['msg']}", param=where) from exc
         policy = svc.router.policy
         name = policy.embeddings_route or policy.image_route
         route = policy.routes[name]

@@ -146,3 +146,8 @@ def test_decision_log_has_one_line_per_request(lab: Lab, client: OpenAI) -> None
     assert first["fallback_path"] == ["spark"]
     assert first["latency_ms"] > 0 and first["tokens"] > 0 and first["request_id"]
     assert second["route"] == "ubuntu-6000" and second["stream"] is True and "ttfb_ms" in second
+
+
+def test_bad_embeddings_request_is_a_clear_400(lab: Lab) -> None:
+    r = httpx.post(lab.base_url + "/embeddings", json={"model": "homelab/auto"})
+    assert r.status_code == 400 and "input" in r.json()["error"]["message"]
