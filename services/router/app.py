@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import orjson
 from fastapi import FastAPI, Request
-from pydantic import ValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
