@@ -288,7 +288,7 @@ class Dispatcher:
                 route_name = nxt
                 continue
             cause = "saturated" if outcome.kind == "busy" else "down"
-            ctx.reason = f"{route_name}_{'saturated' if cause == 'saturated' else 'down'}"
+            ctx.reason = f"{route_name}_{cause}"
             nxt = self._next(route, pre.has_image, cause)
             if nxt is None:
                 return self._give_up(ctx, outcome, outcome.detail, terminal=route.terminal)
