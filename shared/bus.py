@@ -28,7 +28,7 @@ import aiomqtt
 from pydantic import BaseModel
 
 from shared.settings import parse_mqtt_url
-from shared.topics import status
+from shared.topics import HA_STATUS, status
 
 log = logging.getLogger("homelab.bus")
 
@@ -75,7 +75,8 @@ class Bus:
     def __init__(self, url: str, service: str, *, subscribe: list[str] | tuple[str, ...] = (),
                  persistent: bool = True, client_id: str | None = None,
                  on_connect: Callable[[Bus], Coroutine[Any, Any, None]] | None = None,
-                 confirm: tuple[str, ...] = (), outbox_limit: int | None = None) -> None:
+                 confirm: tuple[str, ...] = (), outbox_limit: int | None = None,
+                 on_ha_online: Callable[[Bus], Coroutine[Any, Any, None]] | None = None) -> None:
         self.target = parse_mqtt_url(url)
         # Topics whose messages we read back (our own publications echoed by the broker): after a
         # lost connection, an unacked message whose echo arrives is not sent again, so a broker
@@ -89,6 +90,9 @@ class Bus:
         self.persistent = persistent
         self.client_id = client_id or f"homelab-{service}"
         self.on_connect = on_connect
+        # Home Assistant says ``online`` on homeassistant/status: re-send discovery (after a short
+        # random delay, in its own task, so the service's own messages are never held up)
+        self.on_ha_online = on_ha_online
         self.connected = asyncio.Event()
         self.connects = 0
         self._outbox: collections.deque[_Outgoing] = collections.deque()
@@ -177,7 +181,8 @@ class Bus:
                 ) as client:
                     self._client = client
                     client.pending_calls_threshold = SEND_WINDOW + 10  # our own window, not a leak
-                    for topic in (*self.subscriptions, *self.confirm):
+                    ha = (HA_STATUS,) if self.on_ha_online is not None else ()
+                    for topic in (*self.subscriptions, *self.confirm, *ha):
                         await client.subscribe(topic, qos=1)
                     await client.publish(self.status_topic, b"online", qos=1, retain=True)
                     self.connects += 1
@@ -191,6 +196,10 @@ class Bus:
                             tg.create_task(self.on_connect(self), name=f"mqtt-on-connect-{self.service}")
                         async for m in client.messages:
                             topic, payload = str(m.topic), _payload_bytes(m.payload)
+                            if topic == HA_STATUS and self.on_ha_online is not None:
+                                if payload == b"online":
+                                    tg.create_task(self._ha_online(), name=f"mqtt-ha-online-{self.service}")
+                                continue
                             if topic in self.confirm:
                                 self._echoes[hash((topic, payload))] = None
                                 if len(self._echoes) > ECHO_MEMORY:
@@ -208,6 +217,14 @@ class Bus:
                 self.connected.clear()
             await asyncio.sleep(delay * random.uniform(0.5, 1.0) + 0.05)
             delay = min(delay * 2, RECONNECT_CAP)
+
+    async def _ha_online(self) -> None:
+        assert self.on_ha_online is not None
+        await asyncio.sleep(random.uniform(0.5, 2.0))  # HA asks every integration at once: spread out
+        try:
+            await self.on_ha_online(self)
+        except Exception:  # a failed re-announce must not drop the connection
+            log.exception("%s: re-announcing to Home Assistant failed", self.service)
 
     async def _sender(self, client: aiomqtt.Client) -> None:
         """Send the outbox in order, up to SEND_WINDOW messages awaiting their PUBACK at once.

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
+
+import orjson
 
 from services.frigate_consumer.handlers import FrigateIngest
 from shared import topics
@@ -41,16 +41,12 @@ async def main(settings: Settings) -> None:
     disc_topic, disc = availability_discovery(settings)
 
     async def announce(bus: Bus) -> None:
-        await bus.publish(disc_topic, _json(disc), retain=True)
+        await bus.publish(disc_topic, orjson.dumps(disc), retain=True)
 
-    async with Bus(settings.mqtt_url, SERVICE, subscribe=[trigger, topics.HA_STATUS], on_connect=announce) as bus:
+    async with Bus(settings.mqtt_url, SERVICE, subscribe=[trigger], on_connect=announce,
+                   on_ha_online=announce) as bus:
         log.info("frigate_consumer: listening on %s", trigger)
         async for msg in bus.messages():
-            if msg.topic == topics.HA_STATUS:
-                if msg.payload == b"online":
-                    await asyncio.sleep(random.uniform(0.5, 2.0))
-                    await announce(bus)
-                continue
             if msg.topic == events_topic:
                 ev = validations.decode(FrigateEvent, msg.topic, msg.payload)
                 out = ingest.on_event(ev) if ev else None
@@ -61,9 +57,3 @@ async def main(settings: Settings) -> None:
                 log.info("frigate event %s camera=%s label=%s trace=%s", out.event_id, out.camera, out.kind,
                          out.trace_id)
                 await bus.publish(topics.RAW, out)
-
-
-def _json(payload: dict[str, object]) -> bytes:
-    import orjson
-
-    return orjson.dumps(payload)

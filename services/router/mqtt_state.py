@@ -6,7 +6,6 @@ bounded outbox (oldest state dropped first) and the request path never waits on 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,7 @@ from services.router.state import RouteState
 from shared import topics
 from shared.bus import Bus
 from shared.ha import availability, device, discovery, slug
+from shared.service import every
 
 SERVICE = "router"
 EVENTS = "homelab/router/events"
@@ -54,7 +54,7 @@ def route_discovery(route: str) -> list[tuple[str, dict[str, Any]]]:
 
 class RouterMqtt:
     def __init__(self, url: str, snapshot: Callable[[], dict[str, dict[str, Any]]], interval: float = 5.0) -> None:
-        self.bus = Bus(url, SERVICE, subscribe=[topics.HA_STATUS], on_connect=self._announce, outbox_limit=500)
+        self.bus = Bus(url, SERVICE, on_connect=self._announce, on_ha_online=self._announce, outbox_limit=500)
         self.snapshot = snapshot
         self.interval = interval
         self._last: dict[str, bytes] = {}
@@ -80,15 +80,7 @@ class RouterMqtt:
 
     async def run(self) -> None:
         async with self.bus:
-            while True:
-                await self.publish_state()
-                try:
-                    async with asyncio.timeout(self.interval):
-                        async for msg in self.bus.messages():
-                            if msg.topic == topics.HA_STATUS and msg.payload == b"online":
-                                await self._announce(self.bus)
-                except TimeoutError:
-                    pass
+            await every(self.interval, self.publish_state, "router state on MQTT")
 
 
 def snapshot_of(states: Callable[[], dict[str, RouteState]],

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -280,10 +279,14 @@ async def main(settings: Settings, configure: Callable[[Notifier], None] | None 
     validations = Validations(settings, SERVICE)
     ring_sub = f"{settings.ring.mqtt_prefix}/+/camera/+/snapshot/image" if settings.ring.mqtt_prefix else None
     ring_pattern = re.compile(r"^[^/]+/[^/]+/camera/[^/]+/snapshot/image$")
-    subs = [topics.UNIQUE, topics.HA_STATUS] + ([ring_sub] if ring_sub else [])
+    subs = [topics.UNIQUE] + ([ring_sub] if ring_sub else [])
+
+    async def reannounce(_: Bus) -> None:
+        await n.announce_all()
+
     try:
         async with aiohttp.ClientSession() as session, \
-                Bus(settings.mqtt_url, SERVICE, subscribe=subs,
+                Bus(settings.mqtt_url, SERVICE, subscribe=subs, on_ha_online=reannounce,
                     confirm=(topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.TIMELINE)) as bus:
             n = Notifier(settings, bus, session, store)
             if configure is not None:
@@ -298,10 +301,6 @@ async def main(settings: Settings, configure: Callable[[Notifier], None] | None 
                         ev = validations.decode(CameraEvent, msg.topic, msg.payload)
                         if ev is not None:
                             tg.create_task(n.handle(ev), name=f"event-{ev.event_id}")
-                    elif msg.topic == topics.HA_STATUS:
-                        if msg.payload == b"online":
-                            await asyncio.sleep(random.uniform(0.5, 2.0))
-                            await n.announce_all()
                     elif ring_pattern.match(msg.topic):
                         await n.on_ring_image(msg.topic, msg.payload)
     finally:
