@@ -62,7 +62,7 @@ def _children(a: argparse.Namespace) -> list[Child]:
         from services.run import SERVICES
 
         # the bridge only runs when there is a Netdata to bridge
-        netdata = bool(os.environ.get("HOMELAB_NETDATA_URL") or _configured_netdata())
+        netdata = bool(_configured_netdata())  # settings already apply HOMELAB_NETDATA_URL
         out += [Child(name, [*exe, "run", name]) for name in SERVICES if name != "netdata_bridge" or netdata]
         if not os.environ.get("HOMELAB_FRIGATE_URL") and not a.no_sims and not port_answers(port=5000):
             # no Frigate configured: a simulated one serves snapshots, so a hand-published event

@@ -60,7 +60,6 @@ class Notifier:
         self.store = store
         self.router = RouterClient(settings.router_url, session)
         self.hosts = allowed_hosts(self.cfg, settings.frigate_url)
-        self.ring_prefix = settings.ring.mqtt_prefix
         self.ring_images: dict[str, tuple[float, bytes]] = {}
         self.ring_arrived = asyncio.Condition()
         self.discovered: dict[str, float] = {}  # camera -> when its discovery went out
