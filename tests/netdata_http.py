@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from services.sim_upstream.http import serve
 from tests.harness import BackgroundLoop
 
 
@@ -94,14 +95,7 @@ class FakeParent:
         app.router.add_get("/api/v1/info", self._info)
         app.router.add_get("/api/v1/allmetrics", self._parent_metrics)
         app.router.add_get("/host/{host}/api/v1/allmetrics", self._host_metrics)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-
-        async def start() -> int:
-            await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-            return int(self.runner.addresses[0][1])
-
-        self.port = bg.run(start())
+        self.runner, self.port = bg.run(serve(app))
 
     @property
     def url(self) -> str:

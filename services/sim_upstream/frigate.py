@@ -10,6 +10,8 @@ import io
 from aiohttp import web
 from PIL import Image, ImageDraw
 
+from services.sim_upstream.http import serve
+
 
 def sample_jpeg(width: int = 1920, height: int = 1080, label: str = "homelab sim-frigate") -> bytes:
     im = Image.new("RGB", (width, height), (90, 120, 160))
@@ -27,20 +29,18 @@ class SimFrigate:
         self.missing_for = 0  # answer 404 this many times first (-1: forever)
         self.body = sample_jpeg()
         self.requests = 0
-        app = web.Application()
-        app.router.add_get("/api/events/{event_id}/snapshot.jpg", self._snapshot)
-        app.router.add_get("/api/events/{event_id}/thumbnail.jpg", self._snapshot)
-        app.router.add_get("/api/version", self._version)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        self.app = web.Application()
+        self.app.router.add_get("/api/events/{event_id}/snapshot.jpg", self._snapshot)
+        self.app.router.add_get("/api/events/{event_id}/thumbnail.jpg", self._snapshot)
+        self.app.router.add_get("/api/version", self._version)
+        self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port)
-        await site.start()
-        self.port = int(self.runner.addresses[0][1])
+        self.runner, self.port = await serve(self.app, self.host, self.port)
 
     async def close(self) -> None:
-        await self.runner.cleanup()
+        if self.runner is not None:
+            await self.runner.cleanup()
 
     @property
     def url(self) -> str:

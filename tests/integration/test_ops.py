@@ -21,6 +21,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from services.scheduler.checks import gpu_temperature, router_p95, upstream_health, weekly_summary
+from services.sim_upstream.http import serve
 from services.watchdog.main import Watchdog
 from shared.alerts import Alerter
 from shared.bus import Bus
@@ -146,14 +147,7 @@ class TelegramStandIn:
         self.bg, self.status, self.got = bg, status, []  # type: ignore[var-annotated]
         app = web.Application()
         app.router.add_post("/bot{token}/sendMessage", self._send)
-        self.runner = web.AppRunner(app, access_log=None)
-
-        async def start() -> int:
-            await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-            return int(self.runner.addresses[0][1])
-
-        self.port = bg.run(start())
+        self.runner, self.port = bg.run(serve(app))
 
     async def _send(self, request: web.Request) -> web.Response:
         self.got.append((request.match_info["token"], await request.json()))
