@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -21,8 +22,14 @@ def test_route_state_and_poisoning_are_published(bg: BackgroundLoop, tmp_path: P
     lab = Lab(bg, tmp_path / "lab", mqtt_url=broker.url())
     try:
         assert out.wait(lambda: len(out.on("homelab/router/ubuntu-6000/state")) >= 1)
-        configs = [t for t, _, _ in out.messages if t.startswith("homeassistant/") and "homelab_router" in t]
-        assert len(configs) == 4 * 5
+
+        def configs() -> list[str]:
+            return [t for t, _, _ in out.messages if t.startswith("homeassistant/") and "homelab_router" in t]
+
+        # the state is retained, so HA gets it whenever the discovery lands; both arrive, in either order
+        assert out.wait(lambda: len(configs()) >= 4 * 5)
+        time.sleep(0.2)
+        assert len(configs()) == 4 * 5
         lab.configure("ubuntu-6000", fault="cuda_error")
         r = httpx.post(lab.base_url + "/chat/completions", json=CODE, timeout=10)
         assert r.headers["x-homelab-route"] == "spark"
