@@ -55,6 +55,8 @@ def _children(a: argparse.Namespace) -> list[Child]:
                 argv.append("--no-vision")
             if not route.continuation:
                 argv.append("--no-continuation")
+            # the lab's engines: LM Studio on the Windows box, vLLM on the others
+            argv += ["--engine", "lmstudio" if name == "win-5090" else "vllm"]
             out.append(Child(f"sim:{name}", argv))
     out.append(Child("router", [*exe, "router", "--policy", str(a.policy), "--host", a.host,
                                 "--port", str(a.port)]))

@@ -1,13 +1,31 @@
-"""Append-only JSON Lines logs (one object a line) that machines read back."""
+"""Append-only JSON Lines logs (one object a line) that machines read back.
+
+A write never raises: a log disk in trouble (full, removed, read-only) must not take down what is
+being logged. A failed write is counted (``errors``), reported at most once a minute, and the next
+line tries again. Files rotate by size: ``name.jsonl`` → ``name.jsonl.1.gz`` … ``name.jsonl.<N>.gz``
+(gzip in a background thread, so no caller waits on it); readers see every line exactly once.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import logging
 import os
+import shutil
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
+
+log = logging.getLogger("homelab.jsonl")
+
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+DEFAULT_BACKUPS = 10
+REPORT_EVERY = 60.0  # seconds between two reports of failing writes to one log
 
 
 def log_dir() -> Path:
@@ -15,41 +33,206 @@ def log_dir() -> Path:
     return Path(os.environ.get("HOMELAB_LOG_DIR") or "logs")
 
 
-class JsonlWriter:
-    """Writes one JSON object per line, flushed per line so a crash loses nothing.
+def rotation_from_env() -> tuple[int, int]:
+    """(max bytes per file, compressed backups kept): ``HOMELAB_LOG_MAX_BYTES``, ``HOMELAB_LOG_BACKUPS``."""
+    max_bytes = int(os.environ.get("HOMELAB_LOG_MAX_BYTES") or DEFAULT_MAX_BYTES)
+    backups = int(os.environ.get("HOMELAB_LOG_BACKUPS") or DEFAULT_BACKUPS)
+    return max_bytes, backups
 
-    ``keep_open``: hold the file for a hot log (the router's decisions); a rare log (malformed
-    payloads) opens it per line and never holds a handle.
+
+def check_writable(folder: Path) -> None:
+    """Raise OSError with a clear message when ``folder`` cannot be created or written (checked at start)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(exc.errno, f"log directory {folder} is not writable: {exc.strerror or exc}") from exc
+
+
+def _rotating(path: Path) -> Path:
+    return path.with_name(path.name + ".rotating")
+
+
+def _backup(path: Path, n: int) -> Path:
+    return path.with_name(f"{path.name}.{n}.gz")
+
+
+class JsonlWriter:
+    """Writes one JSON object per line with one ``write(2)`` on an O_APPEND descriptor.
+
+    ``keep_open``: hold the descriptor for a hot log (the router's decisions); a rare log
+    (malformed payloads, written by several processes) opens it per line.
     """
 
-    def __init__(self, path: Path, *, keep_open: bool = True) -> None:
+    def __init__(self, path: Path, *, keep_open: bool = True, max_bytes: int | None = None,
+                 backups: int | None = None) -> None:
+        env_max, env_backups = rotation_from_env()
         self.path = path
         self.keep_open = keep_open
-        self._fh: IO[bytes] | None = None
+        self.max_bytes = env_max if max_bytes is None else max_bytes  # 0: never rotate
+        self.backups = env_backups if backups is None else backups
+        self.errors = 0
+        self.rotations = 0
+        self._fd: int | None = None
+        self._size = 0
+        self._last_report = -REPORT_EVERY
+        self._lock = threading.Lock()
+        self._compressor: threading.Thread | None = None
 
-    def write(self, record: dict[str, Any]) -> None:
+    # ---- writing ---------------------------------------------------------------------------
+
+    def write(self, record: dict[str, Any]) -> bool:
+        """Append one record; False (and counted) when it could not be written."""
         if "ts" not in record:
             record = {"ts": round(time.time(), 3), **record}
-        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        if not self.keep_open:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "ab") as fh:
-                fh.write(line)
-            return
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "ab")  # noqa: SIM115 - kept open for the writer's life
-        self._fh.write(line)
-        self._fh.flush()
+        try:
+            line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:
+            self._failed(f"record is not JSON: {exc}")
+            return False
+        with self._lock:
+            try:
+                self._append(line)
+            except OSError as exc:
+                self._close_fd()
+                self._failed(f"{exc.strerror or exc}")
+                return False
+            if self.max_bytes and self._size >= self.max_bytes:
+                try:
+                    self._rotate()
+                except OSError as exc:
+                    self._failed(f"rotation failed: {exc.strerror or exc}")
+        return True
+
+    def _open(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._size = os.fstat(fd).st_size
+        return fd
+
+    def _append(self, line: bytes) -> None:
+        fd = self._fd if self._fd is not None else self._open()
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                # A short write (disk full): take the partial line back so no line is ever split.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self._size)
+                raise OSError(28, "short write (disk full?)")
+            self._size += written
+        finally:
+            if self.keep_open:
+                self._fd = fd
+            else:
+                os.close(fd)
+                self._fd = None
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def _failed(self, why: str) -> None:
+        self.errors += 1
+        now = time.monotonic()
+        if now - self._last_report >= REPORT_EVERY:
+            self._last_report = now
+            log.error("cannot write %s: %s (%d lines lost so far; will retry on the next line)",
+                      self.path, why, self.errors)
+
+    # ---- rotation --------------------------------------------------------------------------
+
+    def _rotate(self) -> None:
+        """Move the full file aside (a rename: no line is split or lost) and gzip it in the background."""
+        self._close_fd()
+        if self._compressor is not None:
+            self._compressor.join()  # the previous one (50 MB ago) is long done; rare wait
+        rotating = _rotating(self.path)
+        if rotating.exists():  # left by a crash mid-compression: finish it first
+            _compress(rotating, self.path, self.backups)
+        os.replace(self.path, rotating)
+        self._size = 0
+        self.rotations += 1
+        self._compressor = threading.Thread(target=_compress, args=(rotating, self.path, self.backups),
+                                            name=f"gzip-{self.path.name}", daemon=True)
+        self._compressor.start()
+
+    def flush_rotation(self) -> None:
+        """Wait for a background compression (tests, shutdown)."""
+        if self._compressor is not None:
+            self._compressor.join()
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        with self._lock:
+            self._close_fd()
+        self.flush_rotation()
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every record of a JSONL file (an absent file has none)."""
-    if not path.exists():
-        return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+def _compress(rotating: Path, path: Path, backups: int) -> None:
+    try:
+        oldest = _backup(path, backups)
+        if backups <= 0:
+            rotating.unlink(missing_ok=True)
+            return
+        oldest.unlink(missing_ok=True)
+        for n in range(backups - 1, 0, -1):
+            src = _backup(path, n)
+            if src.exists():
+                os.replace(src, _backup(path, n + 1))
+        tmp = path.with_name(path.name + ".1.gz.tmp")
+        with open(rotating, "rb") as src_fh, gzip.open(tmp, "wb", compresslevel=6) as dst:
+            shutil.copyfileobj(src_fh, dst, 1 << 20)
+        os.replace(tmp, _backup(path, 1))
+        rotating.unlink()
+    except OSError as exc:
+        log.error("cannot compress %s: %s", rotating, exc)
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+def log_files(path: Path, *, rotated: bool = True) -> list[Path]:
+    """The files holding ``path``'s lines, oldest first: backups, the one being compressed, the live one."""
+    files: list[Path] = []
+    if rotated:
+        n = 1
+        backups = []
+        while _backup(path, n).exists():
+            backups.append(_backup(path, n))
+            n += 1
+        files.extend(reversed(backups))
+        if _rotating(path).exists():
+            files.append(_rotating(path))
+    if path.exists():
+        files.append(path)
+    return files
+
+
+def iter_jsonl(path: Path, *, rotated: bool = False) -> Iterator[dict[str, Any]]:
+    """Every record, oldest first; a torn or non-JSON line is skipped, never fatal."""
+    for f in log_files(path, rotated=rotated):
+        try:
+            data = gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()
+        except (OSError, EOFError, gzip.BadGzipFile):
+            continue
+        for line in data.splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                yield rec
+
+
+def read_jsonl(path: Path, *, rotated: bool = False) -> list[dict[str, Any]]:
+    """Every record of a JSONL file (an absent file has none); ``rotated`` adds its rotated files."""
+    return list(iter_jsonl(path, rotated=rotated))
+
+
+def disk_use(path: Path) -> int:
+    """Bytes used by a log and its rotated files."""
+    return sum(f.stat().st_size for f in log_files(path) if f.exists())

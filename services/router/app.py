@@ -9,7 +9,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,10 @@ from services.router.decide import Router, check_examples
 from services.router.errors import PolicyError, RequestError, error_body
 from services.router.metrics import Metrics
 from services.router.mqtt_state import RouterMqtt, snapshot_of
-from services.router.policy import Policy, load_policy
+from services.router.policy import Policy, load_policy, parse_policy
 from services.router.preflight import EmbeddingsRequest, preflight
 from services.router.proxy import JSON, Ctx, Dispatcher
+from services.router.shadow import Shadow, refuse_commands
 from services.router.state import RouteState
 from shared.jsonl import JsonlWriter, log_dir
 
@@ -73,16 +74,19 @@ class RouterService:
         self.settings = settings
         self.router = router
         self.states: dict[str, RouteState] = {name: RouteState(name) for name in router.policy.routes}
-        self.metrics = Metrics(self._route_rows)
         d = settings.log_dir
         self.decisions = JsonlWriter(d / "router-decisions.jsonl")
         self.failures = JsonlWriter(d / "upstream-failures.jsonl")
         self.recoveries = JsonlWriter(d / "recovery-events.jsonl")
         self.validations = JsonlWriter(d / "structured-validation.jsonl")
+        self.writers = (self.decisions, self.failures, self.recoveries, self.validations)
+        self.metrics = Metrics(self._route_rows, lambda: self.writers)
+        self.shadow: Shadow | None = None
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None
         self.poison_listeners: list[Callable[[str, str], Awaitable[None]]] = []
         self._recover_locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.started = time.time()
 
     def _route_rows(self) -> list[tuple[RouteState, int]]:
@@ -119,7 +123,7 @@ class RouterService:
                 finally:
                     for task in background:
                         task.cancel()
-        for w in (self.decisions, self.failures, self.recoveries, self.validations):
+        for w in self.writers:
             w.close()
 
     # ---- health probes ---------------------------------------------------------------------
@@ -144,6 +148,83 @@ class RouterService:
         if ok != st.healthy:
             log.warning("route %s is now %s%s", name, "up" if ok else "down", f" ({err})" if err else "")
         st.probe_result(ok, err)
+        if ok and st.continuation_checked_at is None and self._needs_continuation_check(name):
+            st.continuation_checked_at = time.time()  # once; reload and promotion check again
+            self._spawn(self.check_continuation(name))
+
+    # ---- continuation capability: checked, not trusted -------------------------------------------
+
+    def _needs_continuation_check(self, name: str) -> bool:
+        policy = self.router.policy
+        return policy.health.probe_continuation and "prefill" in policy.routes[name].continuation
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def after_policy_change(self) -> None:
+        """A new policy may declare new modes or point a route elsewhere: check continuation again."""
+        for name, st in self.states.items():
+            st.continuation_blocked.clear()
+            st.continuation_checked_at = None
+            if self.session is not None and self._needs_continuation_check(name) and st.healthy:
+                st.continuation_checked_at = time.time()
+                self._spawn(self.check_continuation(name))
+
+    async def check_continuation(self, name: str) -> str:
+        """Does this upstream really continue an assistant prefill? Returns the verdict (also logged).
+
+        Two one-token requests over the same conversation ending in an assistant turn: with
+        ``continue_final_message`` and as a new turn. An engine that continues renders the prefill
+        open (no end-of-turn, no new assistant header), so its prompt is shorter; one that starts a
+        new turn (llama.cpp's chat template) renders both the same, and one that refuses answers 4xx.
+        """
+        route = self.router.policy.routes[name]
+        st = self.states[name]
+        assert self.session is not None
+        convo = [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello"}]
+        common = {"model": route.model, "messages": convo, "max_tokens": 1, "temperature": 0, "stream": False}
+        bodies = ({**common, "continue_final_message": True, "add_generation_prompt": False}, common)
+        results: list[tuple[int, Any]] = []
+        try:
+            for body in bodies:
+                async with self.session.post(route.chat_url, data=orjson.dumps(body),
+                                             headers={"Content-Type": JSON, **_auth(route.api_key)},
+                                             timeout=aiohttp.ClientTimeout(total=route.first_token_timeout)) as r:
+                    raw = await r.read()
+                    try:
+                        results.append((r.status, orjson.loads(raw)))
+                    except orjson.JSONDecodeError:
+                        results.append((r.status, None))
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            st.continuation_checked_at = None  # try again when the route answers
+            return f"unverified: {type(exc).__name__}"
+        (sa, a), (sb, b) = results
+        verdict = "unverified"
+        if 400 <= sa < 500:
+            verdict = f"prefill refused: HTTP {sa}"
+            st.continuation_blocked["prefill"] = verdict
+        elif sa == 200 and sb == 200:
+            pa = ((a or {}).get("usage") or {}).get("prompt_tokens")
+            pb = ((b or {}).get("usage") or {}).get("prompt_tokens")
+            if isinstance(pa, int) and isinstance(pb, int):
+                if pa >= pb:
+                    verdict = (f"starts a new turn instead of continuing a prefill (prompt tokens {pa} with the "
+                               f"prefill, {pb} as a new turn)")
+                    st.continuation_blocked["prefill"] = verdict
+                else:
+                    verdict = "continues"
+                    st.continuation_blocked.pop("prefill", None)
+        st.continuation_checked_at = time.time()
+        mode = st.effective_continuation(route.continuation)
+        self.recoveries.write({"action": "continuation_check", "route": name, "verdict": verdict,
+                               "continuation_effective": mode})
+        if "prefill" in st.continuation_blocked:
+            log.error("route %s declares prefill continuation but its upstream %s: %s; continuing there %s",
+                      name, route.base_url, verdict,
+                      "by instruction instead" if mode == "instruct" else "is off")
+        return verdict
 
     async def _probe_loop(self) -> None:
         while True:
@@ -154,7 +235,10 @@ class RouterService:
 
     def reload(self) -> Router:
         """Re-read the policy file; on any error raise PolicyError and keep serving the old policy."""
-        router = compile_policy(load_policy(self.settings.policy_path))
+        return self.install(compile_policy(load_policy(self.settings.policy_path)))
+
+    def install(self, router: Router) -> Router:
+        """Make a compiled policy the live one (reload, shadow promotion)."""
         for name in router.policy.routes:
             self.states.setdefault(name, RouteState(name))
         for name in list(self.states):
@@ -162,6 +246,23 @@ class RouterService:
                 del self.states[name]
         self.router = router  # one assignment: requests in flight keep the policy they started with
         return router
+
+    def observe_shadow(self, request_id: str, decision: Any, pre: Any, header_route: str | None) -> None:
+        """Decide a live request by the shadow policy too (scheduled after the live decision, no I/O)."""
+        shadow = self.shadow
+        if shadow is None:
+            return
+        try:
+            cand = shadow.observe(request_id, decision, model=pre.model, text=pre.text, has_image=pre.has_image,
+                                  tokens=pre.tokens, header_route=header_route,
+                                  metadata_bucket=pre.metadata.get("homelab_bucket"))
+            self.metrics.shadow.labels(decision.route, cand).inc()
+        except Exception:  # the shadow never affects serving
+            self.metrics.internal_errors.labels("shadow").inc()
+            log.exception("shadow decision failed for %s", request_id)
+
+    def log_stats(self) -> dict[str, Any]:
+        return {w.path.name: {"write_errors": w.errors, "rotations": w.rotations} for w in self.writers}
 
     def recover_lock(self, route: str) -> asyncio.Lock:
         return self._recover_locks.setdefault(route, asyncio.Lock())
@@ -211,13 +312,38 @@ def create_app(settings: RouterSettings, router: Router | None = None) -> FastAP
                   openapi_url=None)
     app.state.svc = svc
 
+    def rejected(request: Request, status: int, reason: str, message: str, request_id: str | None = None) -> str:
+        """Every request is on the record: a refused one gets a decision-log line too."""
+        rid = request_id or uuid.uuid4().hex[:16]
+        svc.decisions.write({"request_id": rid, "endpoint": request.url.path, "method": request.method,
+                             "status": status, "reason": reason, "error": message[:500]})
+        return rid
+
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> Response:
-        return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type=JSON)
+        rid = rejected(request, exc.status, exc.code or exc.type, exc.message)
+        return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type=JSON,
+                        headers={"X-Request-Id": rid})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return _error(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"Unknown path {request.method} {request.url.path}"
+        rid = rejected(request, exc.status_code, code or "http_error", message)
+        resp = _error(exc.status_code, message, code=code)
+        resp.headers["X-Request-Id"] = rid
+        return resp
+
+    def internal_error(where: str, request_id: str) -> Response:
+        """An unexpected exception: logged with the request id, answered as an OpenAI-shaped 500."""
+        log.exception("internal error in %s (request %s)", where, request_id)
+        svc.metrics.internal_errors.labels(where).inc()
+        body = error_body(f"Internal error in homelab-router (request {request_id}); see the router's log",
+                          type_="server_error", code="internal_error")
+        body["error"]["request_id"] = request_id
+        return Response(orjson.dumps(body), status_code=500, media_type=JSON, headers={"X-Request-Id": request_id})
 
     def require_admin(request: Request) -> None:
         token = settings.admin_token
@@ -233,17 +359,27 @@ def create_app(settings: RouterSettings, router: Router | None = None) -> FastAP
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         started = time.perf_counter()
-        body = await _read_body(request, settings.max_body)
-        pre = preflight(body)
-        router = svc.router
-        decision = router.decide(
-            model=pre.model, text=pre.text, has_image=pre.has_image, tokens=pre.tokens,
-            header_route=request.headers.get("x-homelab-route"),
-            metadata_bucket=pre.metadata.get("homelab_bucket"),
-        )
-        ctx = Ctx(uuid.uuid4().hex[:16], body, pre, decision, router.policy, started)
-        assert svc.dispatcher is not None
-        return await svc.dispatcher.chat(ctx)
+        request_id = uuid.uuid4().hex[:16]
+        try:
+            body = await _read_body(request, settings.max_body)
+            pre = preflight(body)
+            router = svc.router
+            header_route = request.headers.get("x-homelab-route")
+            decision = router.decide(
+                model=pre.model, text=pre.text, has_image=pre.has_image, tokens=pre.tokens,
+                header_route=header_route, metadata_bucket=pre.metadata.get("homelab_bucket"),
+            )
+            if svc.shadow is not None:
+                asyncio.get_running_loop().call_soon(svc.observe_shadow, request_id, decision, pre, header_route)
+            ctx = Ctx(request_id, body, pre, decision, router.policy, started)
+            assert svc.dispatcher is not None
+            return await svc.dispatcher.chat(ctx)
+        except RequestError as exc:
+            rejected(request, exc.status, exc.code or exc.type, exc.message, request_id)
+            return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type=JSON,
+                            headers={"X-Request-Id": request_id})
+        except Exception:
+            return internal_error("chat", request_id)
 
     @app.get("/v1/models")
     async def models() -> Response:
@@ -286,7 +422,10 @@ def create_app(settings: RouterSettings, router: Router | None = None) -> FastAP
         policy = svc.router.policy
         out = {
             "uptime_s": round(time.time() - svc.started, 1),
-            "routes": {n: st.snapshot(policy.routes[n].max_concurrency) for n, st in svc.states.items()},
+            "routes": {n: st.snapshot(policy.routes[n].max_concurrency, policy.routes[n].continuation)
+                       for n, st in svc.states.items()},
+            "logs": svc.log_stats(),
+            "shadow": svc.shadow.report() if svc.shadow else None,
             "metrics": svc.metrics.snapshot(),
         }
         return Response(orjson.dumps(out), media_type=JSON)
@@ -300,7 +439,7 @@ def create_app(settings: RouterSettings, router: Router | None = None) -> FastAP
         out = {}
         for name, st in svc.states.items():
             r = policy.routes[name]
-            out[name] = {**st.snapshot(r.max_concurrency), "model": r.model, "base_url": r.base_url,
+            out[name] = {**st.snapshot(r.max_concurrency, r.continuation), "model": r.model, "base_url": r.base_url,
                          "terminal": r.terminal, "vision": r.vision}
         return Response(orjson.dumps({"routes": out}), media_type=JSON)
 
@@ -337,8 +476,48 @@ def create_app(settings: RouterSettings, router: Router | None = None) -> FastAP
             raise RequestError(f"Policy rejected, the old one keeps serving: {exc}", code="invalid_policy") \
                 from exc
         svc.recoveries.write({"action": "reload", "ok": True})
+        svc.after_policy_change()
         return Response(orjson.dumps({"reloaded": True, "routes": list(router.policy.routes),
                                       "buckets": list(router.policy.buckets)}), media_type=JSON)
+
+    @app.post("/admin/shadow")
+    async def shadow_load(request: Request) -> Response:
+        require_admin(request)
+        raw = await request.body()
+        try:
+            candidate = parse_policy(raw.decode("utf-8", "replace"), "candidate")
+            refuse_commands(svc.router.policy, candidate)
+            shadow = Shadow(compile_policy(candidate))
+        except PolicyError as exc:
+            raise RequestError(f"Shadow policy rejected: {exc}", code="invalid_policy") from exc
+        svc.shadow = shadow
+        svc.recoveries.write({"action": "shadow_load", "ok": True, "routes": list(candidate.routes)})
+        return Response(orjson.dumps({"shadow": True, "routes": list(candidate.routes)}), media_type=JSON)
+
+    @app.get("/admin/shadow")
+    async def shadow_report(request: Request) -> Response:
+        require_admin(request)
+        return Response(orjson.dumps({"shadow": svc.shadow.report() if svc.shadow else None}), media_type=JSON)
+
+    @app.delete("/admin/shadow")
+    async def shadow_drop(request: Request) -> Response:
+        require_admin(request)
+        report = svc.shadow.report() if svc.shadow else None
+        svc.shadow = None
+        svc.recoveries.write({"action": "shadow_drop"})
+        return Response(orjson.dumps({"shadow": None, "final": report}), media_type=JSON)
+
+    @app.post("/admin/shadow/promote")
+    async def shadow_promote(request: Request) -> Response:
+        require_admin(request)
+        shadow = svc.shadow
+        if shadow is None:
+            raise RequestError("No shadow policy is loaded", status=409, code="no_shadow")
+        router = svc.install(shadow.router)
+        svc.shadow = None
+        svc.recoveries.write({"action": "shadow_promote", "ok": True, "report": shadow.report()})
+        svc.after_policy_change()
+        return Response(orjson.dumps({"promoted": True, "routes": list(router.policy.routes)}), media_type=JSON)
 
     @app.post("/admin/recover-cuda")
     async def recover_cuda(request: Request) -> Response:

@@ -6,10 +6,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from services.router.state import RouteState
+from shared.jsonl import JsonlWriter
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -39,8 +40,25 @@ class _RouteCollector(Collector):
         yield from (in_flight, cap, healthy, circuit, drained, poisoned)
 
 
+class _LogCollector(Collector):
+    """Write errors and rotations of the JSONL logs, read from the writers at scrape time."""
+
+    def __init__(self, source: Callable[[], Iterable[JsonlWriter]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        errors = CounterMetricFamily("homelab_log_write_errors", "Log lines that could not be written",
+                                     labels=["log"])
+        rotations = CounterMetricFamily("homelab_log_rotations", "Log files rotated", labels=["log"])
+        for w in self._source():
+            errors.add_metric([w.path.name], w.errors)
+            rotations.add_metric([w.path.name], w.rotations)
+        yield from (errors, rotations)
+
+
 class Metrics:
-    def __init__(self, routes: Callable[[], Iterable[tuple[RouteState, int]]]) -> None:
+    def __init__(self, routes: Callable[[], Iterable[tuple[RouteState, int]]],
+                 logs: Callable[[], Iterable[JsonlWriter]] = tuple) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("homelab_router_requests", "Requests answered",
                                 ["route", "bucket", "reason", "status"], registry=r)
@@ -58,7 +76,12 @@ class Metrics:
                                  ["from_route", "to_route", "cause"], registry=r)
         self.upstream_errors = Counter("homelab_router_upstream_errors", "Upstream failures",
                                        ["route", "kind"], registry=r)
+        self.internal_errors = Counter("homelab_router_internal_errors", "Unexpected exceptions caught",
+                                       ["where"], registry=r)
+        self.shadow = Counter("homelab_router_shadow_decisions", "Live requests also decided by the shadow policy",
+                              ["live_route", "candidate_route"], registry=r)
         r.register(_RouteCollector(routes))
+        r.register(_LogCollector(logs))
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as plain JSON for /stats."""

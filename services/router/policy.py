@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -13,6 +13,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -29,6 +30,10 @@ class Spill(_Strict):
     image: str
 
 
+ContinuationMode = Literal["prefill", "instruct"]
+CONTINUATION_MODES: tuple[ContinuationMode, ...] = ("prefill", "instruct")
+
+
 class Route(_Strict):
     base_url: str
     model: str
@@ -38,8 +43,10 @@ class Route(_Strict):
     failover: str | None = None
     terminal: bool = False
     aliases: tuple[str, ...] = ()
-    # Can finish a partial answer from an assistant prefill (vLLM: continue_final_message).
-    continuation: bool = False
+    # How this route can finish a partial answer, in order of preference: ``prefill`` (an assistant
+    # prefill, vLLM's continue_final_message), ``instruct`` (the partial answer, then a user turn asking
+    # for the rest). ``true`` means [prefill], ``false`` none; a list gives fallbacks.
+    continuation: tuple[ContinuationMode, ...] = ()
     # Where a 400 context_length_exceeded goes (default: failover).
     context_failover: str | None = None
     connect_timeout: PositiveFloat = 3.0
@@ -48,6 +55,19 @@ class Route(_Strict):
     request_timeout: PositiveFloat = 600.0
     api_key: str | None = None
     recover_command: tuple[str, ...] | None = None
+
+    @field_validator("continuation", mode="before")
+    @classmethod
+    def _modes(cls, v: Any) -> Any:
+        if v is True:
+            return ("prefill",)
+        if v is False or v is None or v == "none":
+            return ()
+        if isinstance(v, str):
+            return (v,)
+        if isinstance(v, list | tuple) and len(set(v)) != len(v):
+            raise ValueError("a continuation mode is listed twice")
+        return v
 
     @property
     def chat_url(self) -> str:
@@ -105,6 +125,20 @@ class Health(_Strict):
     failure_threshold: PositiveInt = 3
     circuit_cooldown: PositiveFloat = 10.0
     retry_after_max: float = Field(default=2.0, ge=0)
+    # A reset within silent_after of sending is transient (a stale pooled connection, a restarting
+    # server): one retry after a jittered backoff in [retry_backoff_min, retry_backoff_max]. A hang-up
+    # after a longer silence is a silent upstream: no retry, fail over at once.
+    silent_after: PositiveFloat = 1.0
+    retry_backoff_min: float = Field(default=0.05, ge=0)
+    retry_backoff_max: float = Field(default=0.25, ge=0)
+    # Re-check declared continuation modes at start and after reload (a tiny prefill request).
+    probe_continuation: bool = True
+
+    @model_validator(mode="after")
+    def _backoff(self) -> Health:
+        if self.retry_backoff_max < self.retry_backoff_min:
+            raise ValueError("retry_backoff_max must be at least retry_backoff_min")
+        return self
 
 
 class Policy(_Strict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,12 @@ log = logging.getLogger("homelab.router")
 DONE = b"data: [DONE]\n\n"
 JSON = "application/json"
 FINISH_GRACE = 0.5  # seconds to wait for [DONE] (or a usage chunk) after finish_reason
+# The user turn of an ``instruct`` continuation (engines that reject or ignore an assistant prefill).
+CONTINUE_INSTRUCTION = (
+    "Your previous answer was cut off. Continue it exactly where it stopped: output only the rest, "
+    "starting with the very next character, without repeating anything already written and "
+    "without any preamble or comment."
+)
 
 
 class UpstreamFault(Exception):
@@ -52,6 +59,7 @@ class Outcome:
     retryable: bool = False
     retry_after: float | None = None
     status: int = 200
+    elapsed: float = 0.0
 
 
 @dataclass(slots=True)
@@ -72,6 +80,10 @@ class Ctx:
     ttfb: float | None = None
     final_route: str | None = None
     events: list[str] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, Any] | None = None
+    logged: bool = False
+    endpoint: str = "/v1/chat/completions"
 
     def headers(self, route: str) -> dict[str, str]:
         return {
@@ -107,20 +119,92 @@ def _sse_data(event: bytes) -> bytes | None:
     return b"\n".join(data) if data else None
 
 
-async def _read_event(content: aiohttp.StreamReader) -> bytes | None:
-    """One SSE event (its lines, without the blank line after them), or None at a clean end of stream."""
-    lines: list[bytes] = []
-    while True:
-        line = await content.readline()
-        if not line:
-            if lines:
-                raise UpstreamFault("stream_cut", "stream ended inside an event")
-            return None
-        if line in (b"\n", b"\r\n"):
-            if lines:
-                return b"".join(lines)
+class SSEReader:
+    """Reads an SSE body in whatever pieces the socket gives and hands out every complete event.
+
+    One read can carry many events: they are parsed and relayed as one batch (one write to the client).
+    """
+
+    __slots__ = ("buf", "content")
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self.content = content
+        self.buf = b""
+
+    async def batch(self) -> list[bytes] | None:
+        """The complete events available now (at least one), or None at a clean end of the stream."""
+        while True:
+            idx = self.buf.rfind(b"\n\n")
+            if idx >= 0:
+                head, self.buf = self.buf[:idx], self.buf[idx + 2:]
+                return [ev.lstrip(b"\n") for ev in head.split(b"\n\n") if ev.strip(b"\n")]
+            chunk = await self.content.readany()
+            if not chunk:
+                if self.buf.strip():
+                    raise UpstreamFault("stream_cut", "stream ended inside an event")
+                return None
+            buf = self.buf + chunk
+            self.buf = buf.replace(b"\r\n", b"\n") if b"\r" in buf else buf
+
+
+def _event_data(ev: bytes) -> bytes | None:
+    if ev.startswith(b"data: ") and b"\n" not in ev:
+        return ev[6:]
+    return _sse_data(ev)
+
+
+def _consume(track: _StreamTrack, batch: list[bytes]) -> tuple[list[bytes], bool, UpstreamFault | None]:
+    """Feed a batch to the tracker: (events to relay, [DONE] seen, the fault that stopped it)."""
+    out: list[bytes] = []
+    for ev in batch:
+        data = _event_data(ev)
+        if data is None:
             continue
-        lines.append(line)
+        if data == b"[DONE]":
+            return out, True, None
+        try:
+            track.feed(data)
+        except UpstreamFault as exc:
+            return out, False, exc
+        out.append(ev)
+    return out, False, None
+
+
+def _join(events: list[bytes]) -> bytes:
+    return b"\n\n".join(events) + b"\n\n" if events else b""
+
+
+_CONTEXT_SIGNS = (
+    "context length", "context_length", "context window", "maximum context", "n_ctx",
+    "prompt is longer than", "too many tokens", "'max_tokens' or 'max_completion_tokens' is too large",
+    "exceeds the context", "exceed context", "input is too long", "reduce the length",
+)
+_CUDA_SIGNS = ("cuda error", "cuda_error", "cudaerror", "illegal memory access", "cublas_status",
+               "device-side assert", "cuda out of memory")
+_POLICY_SIGNS = ("content_policy", "content policy", "content_filter", "content filter")
+
+
+def error_kind(text: str, code: str = "") -> Literal["context", "cuda", "content_policy", "other"]:
+    """Recognise an engine's error by its words (vLLM, llama.cpp, LM Studio, Ollama word them differently)."""
+    low = f"{code} {text}".lower()
+    if any(sign in low for sign in _CUDA_SIGNS):
+        return "cuda"
+    if any(sign in low for sign in _POLICY_SIGNS):
+        return "content_policy"
+    if any(sign in low for sign in _CONTEXT_SIGNS):
+        return "context"
+    return "other"
+
+
+def _json_error(raw: bytes) -> bool:
+    """A 200 whose body is an error and no answer (some LM Studio versions)."""
+    if b'"error"' not in raw[:512]:
+        return False
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and "error" in body and not body.get("choices")
 
 
 def _error_text(raw: bytes) -> str:
@@ -147,6 +231,15 @@ def _error_code(raw: bytes) -> str:
     return ""
 
 
+def _hangup(policy: Policy, t0: float, exc: BaseException) -> Outcome:
+    """A reset or disconnect before the answer: transient when quick, a silent upstream when not."""
+    waited = time.perf_counter() - t0
+    what = f"{type(exc).__name__}: {exc}"
+    if waited > policy.health.silent_after:
+        return Outcome("fail", detail=f"silent: no answer for {waited:.1f}s, then {what}", elapsed=waited)
+    return Outcome("fail", detail=f"reset: {what}", retryable=True, elapsed=waited)
+
+
 def _parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -164,6 +257,8 @@ class _StreamTrack:
     finished: bool = False
     tool_calls: bool = False
     chunk_id: str | None = None
+    deltas: int = 0  # content deltas seen (engines stream about one token per delta)
+    usage: dict[str, Any] | None = None
 
     def feed(self, data: bytes) -> None:
         """Parse one data payload; raise UpstreamFault if malformed or an in-band error."""
@@ -177,11 +272,15 @@ class _StreamTrack:
             raise UpstreamFault("stream_error", _error_text(data))
         if self.chunk_id is None and isinstance(ev.get("id"), str):
             self.chunk_id = ev["id"]
+        usage = ev.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
         for choice in ev.get("choices") or ():
             delta = choice.get("delta") or {}
             content = delta.get("content")
             if content:
                 self.text.append(content)
+                self.deltas += 1
             if delta.get("tool_calls"):
                 self.tool_calls = True
             if choice.get("finish_reason"):
@@ -335,11 +434,14 @@ class Dispatcher:
 
     async def _attempt_with_retry(self, ctx: Ctx, route: Route, st: RouteState) -> Outcome:
         policy = ctx.policy
+        health = policy.health
         retried = honoured_429 = False
         name = ctx.path[-1]
         while True:
             st.in_flight += 1
             released = False
+            room = st.in_flight < route.max_concurrency  # others in flight below the cap, this one aside
+            t0 = time.perf_counter()
 
             def release() -> None:
                 nonlocal released
@@ -354,23 +456,38 @@ class Dispatcher:
                 raise
             if not (outcome.kind == "ok" and ctx.pre.stream):
                 release()  # a committed stream releases its slot when the client's response closes
+            attempt: dict[str, Any] = {"route": name, "outcome": outcome.kind,
+                                       "ms": round((time.perf_counter() - t0) * 1000, 3)}
+            if outcome.kind != "ok":
+                attempt["detail"] = outcome.detail[:300]
+            ctx.attempts.append(attempt)
             if outcome.kind == "fail":
-                st.record_failure(outcome.detail, policy.health.failure_threshold)
+                st.record_failure(outcome.detail, health.failure_threshold)
                 self.metrics.upstream_errors.labels(name, outcome.detail.split(":")[0]).inc()
                 self.failures.write({"request_id": ctx.request_id, "route": name, "kind": "failure",
                                      "detail": outcome.detail, "retryable": outcome.retryable})
                 if outcome.retryable and not retried and st.circuit != "open":
                     retried = True
+                    backoff = random.uniform(health.retry_backoff_min, health.retry_backoff_max)
+                    attempt["backoff_ms"] = round(backoff * 1000, 1)
                     ctx.events.append(f"retry:{name}")
+                    await asyncio.sleep(backoff)
+                    ctx.path.append(name)
                     continue
             elif outcome.kind == "poisoned":
                 await self._poison(ctx, name, st, outcome.detail)
-            elif outcome.kind == "busy" and outcome.retry_after is not None and not honoured_429 \
-                    and outcome.retry_after <= policy.health.retry_after_max:
-                honoured_429 = True
-                ctx.events.append(f"retry_after:{name}:{outcome.retry_after}")
-                await asyncio.sleep(outcome.retry_after)
-                continue
+            elif outcome.kind == "busy":
+                if outcome.status == 503 and room:
+                    # Busy with room to spare is not busy: an upstream that 503s everything is down.
+                    st.record_failure(outcome.detail, health.failure_threshold)
+                    self.metrics.upstream_errors.labels(name, "http_503").inc()
+                if outcome.retry_after is not None and not honoured_429 \
+                        and outcome.retry_after <= health.retry_after_max:
+                    honoured_429 = True
+                    ctx.events.append(f"retry_after:{name}:{outcome.retry_after}")
+                    await asyncio.sleep(outcome.retry_after)
+                    ctx.path.append(name)
+                    continue
             return outcome
 
     async def _poison(self, ctx: Ctx, name: str, st: RouteState, detail: str) -> None:
@@ -385,19 +502,22 @@ class Dispatcher:
             await self.on_poisoned(name, detail)
 
     def _classify_status(self, status: int, raw: bytes, retry_after: str | None) -> Outcome:
+        """What an error answer means, read from its content whatever the engine's format."""
         text = _error_text(raw)
-        if "CUDA error" in text or b"CUDA error" in raw[:4096]:
+        kind = error_kind(text, _error_code(raw))
+        if kind == "cuda":
             return Outcome("poisoned", detail=f"cuda_error: {text}", status=status)
-        if status in (500, 502, 504):
-            return Outcome("fail", detail=f"http_{status}: {text}", retryable=status != 504, status=status)
+        if kind == "context":
+            return Outcome("context", detail=f"context_length: {text}", status=status)
+        if status in (500, 502, 504) or (status == 200 and kind != "content_policy"):
+            return Outcome("fail", detail=f"http_{status}: {text or 'empty body'}", retryable=status in (500, 502),
+                           status=status)
         if status in (503, 429):
             ra = _parse_retry_after(retry_after) if status == 429 else None
             return Outcome("busy", detail=f"http_{status}: {text}", retry_after=ra, status=status)
         if status >= 500:
             return Outcome("fail", detail=f"http_{status}: {text}", status=status)
-        if status == 400 and ("context_length" in _error_code(raw) or "maximum context length" in text):
-            return Outcome("context", detail=f"context_length: {text}", status=status)
-        return Outcome("client", detail=f"http_{status}: {text}", status=status)
+        return Outcome("client", detail=f"http_{status}: {text}", status=status if status != 200 else 400)
 
     def _payload(self, ctx: Ctx, route: Route, extra: dict[str, Any] | None = None) -> bytes:
         body = ctx.body
@@ -441,14 +561,14 @@ class Dispatcher:
         except aiohttp.ClientConnectorError as exc:
             return Outcome("fail", detail=f"connect: {exc.os_error or exc}")
         except (aiohttp.ClientError, OSError) as exc:
-            return Outcome("fail", detail=f"reset: {type(exc).__name__}: {exc}", retryable=True)
+            return _hangup(ctx.policy, t0, exc)
         finally:
             ctx.upstream_wait += time.perf_counter() - t0
         self.metrics.upstream.labels(name).observe(time.perf_counter() - t0)
-        if status != 200:
+        if status != 200 or _json_error(raw):
             outcome = self._classify_status(status, raw, retry_after)
             if outcome.kind in ("client", "context"):
-                outcome.response = self._passthrough_error(ctx, name, status, raw)
+                outcome.response = self._passthrough_error(ctx, name, outcome.status, raw, outcome.kind)
             return outcome
         if ctx.body.get("metadata", {}).get("homelab_task") == "camera_triage":
             raw = self._validate_camera(ctx, name, raw)
@@ -458,14 +578,21 @@ class Dispatcher:
         self.finish(ctx, name)
         return Outcome("ok", response=Response(raw, media_type=JSON, headers=ctx.headers(name)))
 
-    def _passthrough_error(self, ctx: Ctx, name: str, status: int, raw: bytes) -> Response:
-        ctx.status = status
+    def _passthrough_error(self, ctx: Ctx, name: str, status: int, raw: bytes,
+                           kind: str = "client") -> Response:
+        """A client error as the upstream said it, in OpenAI's shape (an engine's own shape is rewrapped)."""
+        ctx.status = status = 400 if status == 200 else status
         ctx.error = _error_text(raw)
         try:
-            orjson.loads(raw)
-            body = raw
+            parsed = orjson.loads(raw)
+            ok = isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
         except orjson.JSONDecodeError:
-            body = orjson.dumps(error_body(ctx.error, type_="invalid_request_error"))
+            ok = False
+        if ok and not (kind == "context" and "context_length" not in _error_code(raw)):
+            body = raw
+        else:
+            code = "context_length_exceeded" if kind == "context" else (_error_code(raw) or None)
+            body = orjson.dumps(error_body(ctx.error, type_="invalid_request_error", code=code))
         self.finish(ctx, name)
         return Response(body, status_code=status, media_type=JSON, headers=ctx.headers(name))
 
@@ -475,28 +602,37 @@ class Dispatcher:
         resp: aiohttp.ClientResponse | None = None
         buffered: list[bytes] = []
         track = _StreamTrack()
+        first_end: UpstreamFault | bool | None = None
         try:
             async with asyncio.timeout(route.first_token_timeout):
                 resp = await self._post_stream(route, payload)
-                if resp.status != 200:
+                if resp.status != 200 or resp.content_type == JSON:
+                    # An error, or a JSON body where a stream was asked for (an engine's 200 + error).
                     raw = await resp.read()
+                    if resp.status == 200 and not _json_error(raw):
+                        raise UpstreamFault("not_a_stream", f"JSON instead of a stream: {raw[:120]!r}")
                     outcome = self._classify_status(resp.status, raw, resp.headers.get("Retry-After"))
                     if outcome.kind in ("client", "context"):
-                        outcome.response = self._passthrough_error(ctx, name, resp.status, raw)
+                        outcome.response = self._passthrough_error(ctx, name, outcome.status, raw, outcome.kind)
                     resp.release()
                     return outcome
                 # Hold the client's response until the first content (a role-only chunk is not enough).
+                sse = SSEReader(resp.content)
                 while not track.has_output:
-                    ev = await _read_event(resp.content)
-                    if ev is None:
+                    batch = await sse.batch()
+                    if batch is None:
                         raise UpstreamFault("stream_cut", "stream ended before any content")
-                    data = _sse_data(ev)
-                    if data is None:
-                        continue
-                    if data == b"[DONE]":
+                    out, done, fault = _consume(track, batch)
+                    buffered.extend(out)
+                    if fault is not None and not track.has_output:
+                        raise fault
+                    if done and not track.has_output:
                         raise UpstreamFault("stream_cut", "[DONE] before any content")
-                    track.feed(data)
-                    buffered.append(ev + b"\n")
+                    if fault is not None or done:
+                        first_end = fault or True
+                        break
+                else:
+                    first_end = None
         except TimeoutError:
             if resp is not None:
                 resp.close()
@@ -505,13 +641,21 @@ class Dispatcher:
         except UpstreamFault as exc:
             assert resp is not None
             resp.close()
+            if exc.kind == "stream_error":
+                # An error event before any content: read it like an error body (context, CUDA, ...).
+                outcome = self._classify_status(200, orjson.dumps({"error": exc.detail}), None)
+                if outcome.kind in ("client", "context"):
+                    outcome.response = self._passthrough_error(
+                        ctx, name, 400, orjson.dumps({"error": exc.detail}), outcome.kind)
+                if outcome.kind != "fail":
+                    return outcome
             return Outcome("fail", detail=f"{exc.kind}: {exc.detail}")
         except aiohttp.ClientConnectorError as exc:
             return Outcome("fail", detail=f"connect: {exc.os_error or exc}")
         except (aiohttp.ClientError, OSError) as exc:
             if resp is not None:
                 resp.close()
-            return Outcome("fail", detail=f"reset: {type(exc).__name__}: {exc}", retryable=True)
+            return _hangup(ctx.policy, t0, exc)
         finally:
             ctx.upstream_wait += time.perf_counter() - t0
         assert resp is not None
@@ -524,7 +668,7 @@ class Dispatcher:
         ctx.final_route = name
         headers = ctx.headers(name)
         headers["Cache-Control"] = "no-cache"
-        gen = self._relay(ctx, name, route, resp, buffered, track)
+        gen = self._relay(ctx, name, route, resp, sse, buffered, track, first_end)
 
         def on_close() -> None:
             release()
@@ -532,44 +676,50 @@ class Dispatcher:
 
         return Outcome("ok", response=RelayResponse(gen, on_close, headers))
 
-    async def _relay(self, ctx: Ctx, name: str, route: Route, resp: aiohttp.ClientResponse,
-                     buffered: list[bytes], track: _StreamTrack) -> AsyncIterator[bytes]:
-        fault: UpstreamFault | None = None
+    async def _relay(self, ctx: Ctx, name: str, route: Route, resp: aiohttp.ClientResponse, sse: SSEReader,
+                     buffered: list[bytes], track: _StreamTrack,
+                     first_end: UpstreamFault | bool | None) -> AsyncIterator[bytes]:
+        fault: UpstreamFault | None = first_end if isinstance(first_end, UpstreamFault) else None
         completed = False
         try:
-            for first in buffered:
-                yield first
-            while True:
+            if first_end is True:  # the whole answer came in the first read
+                completed = True
+                self._log_attempt_usage(ctx, track)
+                self.finish(ctx, name)
+                yield _join(buffered) + DONE
+                return
+            if buffered:
+                yield _join(buffered)
+            while fault is None:
                 try:
                     if track.finished:
                         async with asyncio.timeout(FINISH_GRACE):
-                            ev = await _read_event(resp.content)
+                            batch = await sse.batch()
                     else:
-                        ev = await _read_event(resp.content)
+                        batch = await sse.batch()
                 except TimeoutError:
                     if track.finished:
-                        # Finished properly but no [DONE]: finalise promptly.
-                        ctx.events.append("finalised_without_done")
-                        completed = True
-                        yield DONE
-                        return
-                    raise UpstreamFault("stall", f"no data for {route.stream_idle_timeout:g}s") from None
-                if ev is None:
-                    if track.finished:
-                        ctx.events.append("finalised_without_done")
-                        completed = True
-                        yield DONE
-                        return
-                    raise UpstreamFault("stream_cut", "upstream closed the stream mid-answer")
-                data = _sse_data(ev)
-                if data is None:
-                    continue
-                if data == b"[DONE]":
+                        batch = None  # finished properly but no [DONE]: finalise promptly
+                    else:
+                        raise UpstreamFault("stall", f"no data for {route.stream_idle_timeout:g}s") from None
+                if batch is None:
+                    if not track.finished:
+                        raise UpstreamFault("stream_cut", "upstream closed the stream mid-answer")
+                    ctx.events.append("finalised_without_done")
                     completed = True
+                    self._log_attempt_usage(ctx, track)
+                    self.finish(ctx, name)
                     yield DONE
                     return
-                track.feed(data)
-                yield ev + b"\n"
+                out, done, fault = _consume(track, batch)
+                if done:
+                    completed = True
+                    self._log_attempt_usage(ctx, track)
+                    self.finish(ctx, name)
+                    yield _join(out) + DONE
+                    return
+                if out:
+                    yield _join(out)
         except UpstreamFault as exc:
             fault = exc
         except (aiohttp.ClientError, OSError) as exc:
@@ -577,16 +727,19 @@ class Dispatcher:
         except TimeoutError:
             fault = UpstreamFault("stall", f"no data for {route.stream_idle_timeout:g}s")
         finally:
-            if fault is None:
-                if not completed:
-                    ctx.events.append("client_disconnected")
+            if fault is None and not completed:
+                ctx.events.append("client_disconnected")
                 self.finish(ctx, name)
+        assert fault is not None
         # Mid-stream failure: never a truncated success.
         resp.close()
         self.failures.write({"request_id": ctx.request_id, "route": name, "kind": "mid_stream",
                              "detail": f"{fault.kind}: {fault.detail}"})
         self.metrics.upstream_errors.labels(name, fault.kind).inc()
         ctx.events.append(f"mid_stream:{name}:{fault.kind}")
+        if ctx.attempts:
+            ctx.attempts[-1].update(outcome="cut", detail=f"{fault.kind}: {fault.detail}"[:300],
+                                    usage={"completion_tokens": track.deltas, "counted": True})
         cont_ok = False
         async for chunk in self._continue(ctx, name, route, track):
             cont_ok = True
@@ -596,25 +749,51 @@ class Dispatcher:
             ctx.error = f"{fault.kind}: {fault.detail}"
             msg = f"The upstream '{name}' failed mid-answer ({fault.kind}: {fault.detail}); the answer is incomplete."
             body = error_body(msg, type_="server_error", code="upstream_stream_failed")
-            yield b"data: " + orjson.dumps(body) + b"\n\n"
             self.finish(ctx, name)
+            yield b"data: " + orjson.dumps(body) + b"\n\n"
+
+    @staticmethod
+    def _log_attempt_usage(ctx: Ctx, track: _StreamTrack) -> None:
+        if track.usage is not None and ctx.attempts:
+            ctx.attempts[-1]["usage"] = track.usage
 
     async def _continue(self, ctx: Ctx, name: str, route: Route,
                         track: _StreamTrack) -> AsyncIterator[bytes]:
-        """Finish the answer on the failover route from an assistant prefill (vLLM continue_final_message)."""
+        """Finish the answer on the failover route, in the modes it allows (prefill first, then instruct)."""
         target = route.failover
         policy = ctx.policy
         if target is None or track.tool_calls:
             return
         troute = policy.routes[target]
         st = self._states().get(target)
-        if (not troute.continuation or st is None or st.drained or not st.available(policy.health.circuit_cooldown)
+        if (st is None or st.drained or not st.available(policy.health.circuit_cooldown)
                 or st.in_flight >= troute.max_concurrency or (ctx.pre.has_image and not troute.vision)):
             return
+        modes = [m for m in troute.continuation if m not in st.continuation_blocked]
+        for mode in modes:
+            state: dict[str, Any] = {}
+            async for chunk in self._continue_once(ctx, name, target, troute, st, track, mode, state):
+                yield chunk
+            if not state.get("rejected"):
+                return  # answered, or failed after output (an error event went out), or failed hard
+            ctx.events.append(f"continuation_rejected:{target}:{mode}")
+
+    async def _continue_once(self, ctx: Ctx, name: str, target: str, troute: Route, st: RouteState,
+                             track: _StreamTrack, mode: str, state: dict[str, Any]) -> AsyncIterator[bytes]:
         partial = "".join(track.text)
-        messages = [*ctx.body["messages"], {"role": "assistant", "content": partial}]
-        payload = self._payload(ctx, troute, {"messages": messages, "continue_final_message": True,
-                                              "add_generation_prompt": False})
+        if mode == "prefill":
+            extra: dict[str, Any] = {
+                "messages": [*ctx.body["messages"], {"role": "assistant", "content": partial}],
+                "continue_final_message": True, "add_generation_prompt": False}
+        else:
+            extra = {"messages": [*ctx.body["messages"], {"role": "assistant", "content": partial},
+                                  {"role": "user", "content": CONTINUE_INSTRUCTION}]}
+        extra["stream_options"] = {"include_usage": True}
+        payload = self._payload(ctx, troute, extra)
+        want_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
+        attempt: dict[str, Any] = {"route": target, "outcome": "fail", "mode": mode}
+        ctx.attempts.append(attempt)
+        t0 = time.perf_counter()
         st.in_flight += 1
         resp: aiohttp.ClientResponse | None = None
         started = False
@@ -622,56 +801,96 @@ class Dispatcher:
             async with asyncio.timeout(troute.first_token_timeout):
                 resp = await self._post_stream(troute, payload)
             if resp.status != 200:
+                detail = f"http_{resp.status}: {_error_text(await resp.read())}"
+                attempt["detail"] = detail[:300]
                 self.failures.write({"request_id": ctx.request_id, "route": target, "kind": "continuation",
-                                     "detail": f"http_{resp.status}: {_error_text(await resp.read())}"})
+                                     "mode": mode, "detail": detail})
+                state["rejected"] = 400 <= resp.status < 500
                 return
             cont = _StreamTrack()
-            while True:
-                ev = await _read_event(resp.content)
-                if ev is None:
+            sse = SSEReader(resp.content)
+            done = False
+            while not done:
+                batch = await sse.batch()
+                if batch is None:
                     if cont.finished:
                         break
                     raise UpstreamFault("stream_cut", "continuation cut")
-                data = _sse_data(ev)
-                if data is None:
-                    continue
-                if data == b"[DONE]":
-                    break
-                cont.feed(data)
-                chunk = orjson.loads(data)
-                # Keep the client's stream id; drop the continuation's role-only opener.
-                if track.chunk_id:
-                    chunk["id"] = track.chunk_id
-                choices = chunk.get("choices") or []
-                if choices and choices[0].get("delta") in ({"role": "assistant", "content": ""},
-                                                           {"role": "assistant"}) \
-                        and not choices[0].get("finish_reason"):
-                    continue
-                started = True
-                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                out: list[bytes] = []
+                for ev in batch:
+                    data = _event_data(ev)
+                    if data is None:
+                        continue
+                    if data == b"[DONE]":
+                        done = True
+                        break
+                    cont.feed(data)
+                    chunk = orjson.loads(data)
+                    choices = chunk.get("choices") or []
+                    if not choices:
+                        continue  # the continuation's own usage: merged below
+                    # Keep the client's stream id; drop the continuation's role-only opener.
+                    if track.chunk_id:
+                        chunk["id"] = track.chunk_id
+                    if choices[0].get("delta") in ({"role": "assistant", "content": ""}, {"role": "assistant"}) \
+                            and not choices[0].get("finish_reason"):
+                        continue
+                    chunk.pop("usage", None)
+                    out.append(b"data: " + orjson.dumps(chunk))
+                if out:
+                    started = True
+                    yield _join(out)
             if not cont.finished:
                 raise UpstreamFault("stream_cut", "continuation ended without finish_reason")
             self._count_move(name, target, "mid_stream")
             ctx.path.append(target)
             ctx.final_route = target
-            ctx.events.append(f"continued_on:{target}")
+            ctx.events.append(f"continued_on:{target}:{mode}")
+            attempt.update(outcome="continued", ms=round((time.perf_counter() - t0) * 1000, 3))
+            if cont.usage is not None:
+                attempt["usage"] = cont.usage
+            usage = self._merged_usage(ctx, track, cont, mode)
+            ctx.usage = usage
+            tail = b""
+            if want_usage:
+                usage_ev = {"id": track.chunk_id or f"chatcmpl-{ctx.request_id}", "object": "chat.completion.chunk",
+                            "created": int(time.time()), "model": troute.model, "choices": [], "usage": usage}
+                tail = b"data: " + orjson.dumps(usage_ev) + b"\n\n"
             self.finish(ctx, target)
-            yield DONE
+            yield tail + DONE
         except (UpstreamFault, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            attempt["detail"] = str(exc)[:300]
             self.failures.write({"request_id": ctx.request_id, "route": target, "kind": "continuation",
-                                 "detail": str(exc)})
+                                 "mode": mode, "detail": str(exc)})
             if started:
                 # Part of the continuation went out: the caller must still end with an error.
                 ctx.status = 502
                 ctx.error = f"continuation on {target} failed: {exc}"
                 msg = f"The answer could not be completed: {ctx.error}"
+                self.finish(ctx, target)
                 yield b"data: " + orjson.dumps(
                     error_body(msg, type_="server_error", code="upstream_stream_failed")) + b"\n\n"
-                self.finish(ctx, target)
         finally:
             st.in_flight -= 1
             if resp is not None:
                 resp.close()
+
+    @staticmethod
+    def _merged_usage(ctx: Ctx, track: _StreamTrack, cont: _StreamTrack, mode: str) -> dict[str, Any]:
+        """The usage of the whole answer the client got: the cut part (counted) plus the continuation."""
+        cu = cont.usage or {}
+        cont_completion = cu.get("completion_tokens")
+        estimated = ["completion_tokens"] if cont_completion is None else []
+        completion = track.deltas + (cont_completion if isinstance(cont_completion, int) else cont.deltas)
+        cont_prompt = cu.get("prompt_tokens")
+        if mode == "prefill" and isinstance(cont_prompt, int) and cont_prompt > track.deltas:
+            prompt = cont_prompt - track.deltas  # the prefill's prompt is the original plus the partial answer
+        else:
+            prompt = ctx.pre.tokens
+            estimated.append("prompt_tokens")
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                "homelab": {"continued": True, "mode": mode, "partial_completion_tokens": track.deltas,
+                            "estimated": estimated}}
 
     # ---- camera triage fails closed ------------------------------------------------------
 
@@ -715,6 +934,17 @@ class Dispatcher:
     # ---- the decision log ----------------------------------------------------------------
 
     def finish(self, ctx: Ctx, route: str) -> None:
+        """Account for a request once: metrics and its decision-log line. Never fails the request."""
+        if ctx.logged:
+            return
+        ctx.logged = True
+        try:
+            self._finish(ctx, route)
+        except Exception:  # accounting must never take serving down
+            self.metrics.internal_errors.labels("finish").inc()
+            log.exception("accounting for request %s failed", ctx.request_id)
+
+    def _finish(self, ctx: Ctx, route: str) -> None:
         total = time.perf_counter() - ctx.started
         d = ctx.decision
         status = ctx.status or 200
@@ -723,6 +953,7 @@ class Dispatcher:
         self.metrics.overhead.observe(max(0.0, (ctx.ttfb or total) - ctx.upstream_wait))
         record: dict[str, Any] = {
             "request_id": ctx.request_id,
+            "endpoint": ctx.endpoint,
             "model": ctx.pre.model,
             "bucket": d.bucket,
             "scores": d.scores,
@@ -742,4 +973,10 @@ class Dispatcher:
             record["error"] = ctx.error
         if ctx.events:
             record["events"] = ctx.events
+        if len(ctx.attempts) > 1 or (ctx.attempts and ctx.attempts[0].get("outcome") != "ok"):
+            record["attempts"] = ctx.attempts
+        elif ctx.attempts and "usage" in ctx.attempts[0]:
+            record["usage"] = ctx.attempts[0]["usage"]
+        if ctx.usage is not None:
+            record["usage"] = ctx.usage
         self.decisions.write(record)

@@ -24,6 +24,9 @@ class RouteState:
     last_probe_at: float | None = None
     served: int = 0
     recovering: bool = False
+    # continuation modes found not to work on this upstream (mode -> what the check saw)
+    continuation_blocked: dict[str, str] = field(default_factory=dict)
+    continuation_checked_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def available(self, cooldown: float) -> bool:
@@ -31,7 +34,8 @@ class RouteState:
         if self.poisoned:
             return False
         if self.circuit == "open":
-            if time.monotonic() - self.opened_at < cooldown:
+            # While probes say it is down, an open circuit stays open: no request pays for the outage.
+            if not self.healthy or time.monotonic() - self.opened_at < cooldown:
                 return False
             self.circuit = "half_open"
         return self.healthy or self.circuit == "half_open"
@@ -69,7 +73,14 @@ class RouteState:
             self.last_error = error
             self.last_error_at = time.time()
 
-    def snapshot(self, max_concurrency: int) -> dict[str, Any]:
+    def effective_continuation(self, declared: tuple[str, ...]) -> str:
+        """The mode a continuation on this route uses first: ``prefill``, ``instruct`` or ``none``."""
+        for mode in declared:
+            if mode not in self.continuation_blocked:
+                return mode
+        return "none"
+
+    def snapshot(self, max_concurrency: int, continuation: tuple[str, ...] = ()) -> dict[str, Any]:
         return {
             "healthy": self.healthy and not self.poisoned and self.circuit != "open",
             "probe_ok": self.healthy,
@@ -85,4 +96,7 @@ class RouteState:
             "last_probe_at": self.last_probe_at,
             "served": self.served,
             "recovering": self.recovering,
+            "continuation_declared": list(continuation),
+            "continuation_effective": self.effective_continuation(continuation),
+            "continuation_blocked": dict(self.continuation_blocked),
         }

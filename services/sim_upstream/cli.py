@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from services.sim_upstream.server import SimConfig, SimUpstream
+from typing import get_args
+
+from services.sim_upstream.server import ENGINES, Fault, SimConfig, SimUpstream
 from shared.service import stop_event
 
 
@@ -19,8 +21,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-vision", action="store_true", help="answer image parts with 400 (LM Studio)")
     ap.add_argument("--slots", type=int, default=None, help="concurrent requests before 503 busy")
     ap.add_argument("--no-continuation", action="store_true", help="refuse assistant-prefill continuation")
-    ap.add_argument("--fault", default="none", help="none|http_500|http_502|http_503|http_429|hang|"
-                    "slow_first_token|cut|stall|malformed|no_done|context_length|content_policy|cuda_error|reset")
+    ap.add_argument("--engine", default="vllm", choices=ENGINES,
+                    help="reproduce this engine's error bodies, stream endings and prefill behaviour")
+    ap.add_argument("--fault", default="none", choices=get_args(Fault), metavar="FAULT",
+                    help="one of: " + ", ".join(get_args(Fault)))
     ap.add_argument("--fault-after", type=int, default=2)
     ap.add_argument("--fault-delay", type=float, default=30.0)
 
@@ -54,6 +58,6 @@ def run_frigate(a: argparse.Namespace) -> int:
 def run(a: argparse.Namespace) -> int:
     cfg = SimConfig(model=a.model, ttft=a.ttft, per_token=a.per_token, words=a.words, vision=not a.no_vision,
                     slots=a.slots, continuation=not a.no_continuation, fault=a.fault,
-                    fault_after=a.fault_after, fault_delay=a.fault_delay)
+                    fault_after=a.fault_after, fault_delay=a.fault_delay, engine=a.engine)
     asyncio.run(_serve(SimUpstream(cfg, a.host, a.port)))
     return 0

@@ -32,12 +32,20 @@ Fault = Literal[
     "content_policy",
     "cuda_error",
     "reset",  # accept the request, close the socket before headers
+    "silent_reset",  # accept, say nothing for fault_delay seconds, then close the socket
+    "engine_dead",  # vLLM's dead engine: 500 before an answer; mid-stream an error event then [DONE]
 ]
+Engine = Literal["vllm", "llamacpp", "lmstudio", "ollama"]
+ENGINES: tuple[Engine, ...] = ("vllm", "llamacpp", "lmstudio", "ollama")
 
 
 class SimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     model: str = "sim-model"
+    # whose exact error bodies, status codes, stream endings and prefill behaviour to reproduce
+    engine: Engine = "vllm"
+    context_status: int = 400  # some LM Studio versions send their context error with HTTP 200
+    fault_probes: bool = False  # an http_* fault answers GET /v1/models too (an upstream that 503s everything)
     ttft: float = 0.0  # seconds before the first token
     per_token: float = 0.0  # seconds between tokens
     words: int = 12  # answer length in words
@@ -97,6 +105,47 @@ def _has_image(messages: list[Any]) -> bool:
         if isinstance(c, list) and any(isinstance(p, dict) and p.get("type") == "image_url" for p in c):
             return True
     return False
+
+
+CONTINUE_MARK = "Continue it exactly where it stopped"
+
+
+def _words(content: Any) -> int:
+    if isinstance(content, list):
+        content = " ".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    return len(str(content or "").split())
+
+
+def prompt_tokens(messages: list[Any], open_last: bool) -> int:
+    """Tokens of the rendered prompt, chat-template style: per turn a 3-token header, its words and an
+    end-of-turn token, then a 3-token assistant header for the new turn. A continued prefill (open_last)
+    leaves the last turn open and adds no new header."""
+    n = sum(3 + _words(m.get("content")) + 1 for m in messages if isinstance(m, dict))
+    return n - 1 if open_last else n + 3
+
+
+def context_error(engine: Engine, status: int = 400) -> web.Response:
+    """Each engine's own words and shape for a prompt over its context window."""
+    if engine == "lmstudio":
+        body: Any = {"error": "The number of tokens to keep from the initial prompt is greater than the context "
+                              "length (n_keep: 13055>= n_ctx: 4096). Try to load the model with a larger context "
+                              "length, or provide a shorter input."}
+    elif engine == "ollama":
+        body = {"error": {"message": "the prompt is longer than the context length currently available to the "
+                                     "model; shorten the prompt, or load the model with a larger context",
+                          "type": "invalid_request_error", "param": None, "code": None}}
+    elif engine == "llamacpp":
+        body = {"error": {"message": "Requested tokens (40000) exceed context window of 8192",
+                          "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+    else:
+        body = {"error": {"message": "This model's maximum context length is 32768 tokens. However, your request "
+                                     "has 40000 input tokens. Please reduce the length of the input messages.",
+                          "type": "BadRequestError", "param": "input_tokens", "code": 400}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+ENGINE_DEAD = {"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+                         "type": "InternalServerError", "param": None, "code": 500}}
 
 
 def _err(status: int, message: str, type_: str, code: str | None = None, **headers: str) -> web.Response:
@@ -170,6 +219,9 @@ class SimUpstream:
         return c.fault
 
     async def _models(self, request: web.Request) -> web.Response:
+        c = self.config
+        if c.fault_probes and c.fault.startswith("http_"):
+            return _err(int(c.fault[-3:]), "Service unavailable", "server_error")
         data = {"object": "list", "data": [
             {"id": self.config.model, "object": "model", "created": 0, "owned_by": "homelab-sim"}
         ]}
@@ -223,10 +275,14 @@ class SimUpstream:
         self.last_body = body
         messages = body.get("messages") or []
         fault = self._fault()
-        if fault == "reset":
+        if fault in ("reset", "silent_reset"):
+            if fault == "silent_reset":
+                await asyncio.sleep(c.fault_delay)
             assert request.transport is not None
             request.transport.abort()
             return web.Response(status=500)
+        if fault == "engine_dead" and not body.get("stream"):
+            return web.Response(status=500, body=orjson.dumps(ENGINE_DEAD), content_type="application/json")
         if fault == "hang":
             await asyncio.sleep(c.fault_delay)
         if fault in ("http_500", "http_502"):
@@ -239,8 +295,13 @@ class SimUpstream:
             return _err(429, "Rate limited", "rate_limit_error", "rate_limited",
                         **{"Retry-After": str(c.retry_after)})
         if fault == "context_length":
-            return _err(400, "This model's maximum context length is 8192 tokens.",
-                        "invalid_request_error", "context_length_exceeded")
+            if c.engine == "llamacpp" and body.get("stream"):
+                # llama.cpp's server answers a stream over its window with 200 and an empty body.
+                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+                await resp.prepare(request)
+                await resp.write_eof()
+                return resp
+            return context_error(c.engine, c.context_status if c.engine == "lmstudio" else 400)
         if fault == "content_policy":
             return _err(400, "The prompt was rejected by the content policy.",
                         "invalid_request_error", "content_policy_violation")
@@ -249,11 +310,18 @@ class SimUpstream:
             return _err(400, f"Model {c.model} does not support images", "invalid_request_error")
 
         prefix = ""
-        if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant" \
-                and body.get("continue_final_message"):
+        open_last = False
+        last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+        if last.get("role") == "assistant" and body.get("continue_final_message"):
             if not c.continuation:
                 return _err(400, "continue_final_message is not supported", "invalid_request_error")
-            prefix = str(messages[-1].get("content") or "")
+            if c.engine == "vllm":
+                prefix = str(last.get("content") or "")
+                open_last = True
+            # llama.cpp, LM Studio, Ollama: the chat template closes the turn and a new answer starts
+        elif last.get("role") == "user" and CONTINUE_MARK in str(last.get("content")) and len(messages) >= 2 \
+                and isinstance(messages[-2], dict) and messages[-2].get("role") == "assistant":
+            prefix = str(messages[-2].get("content") or "")  # asked, it goes on from its cut answer
 
         rf = body.get("response_format")
         if isinstance(rf, dict) and rf.get("type") in ("json_schema", "json_object"):
@@ -269,10 +337,13 @@ class SimUpstream:
         if prefix:
             # Continue the canonical answer from where the partial one stopped.
             text = text[len(prefix):] if text.startswith(prefix) else text
-        prompt_tokens = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict)) // 4
+        n_prompt = prompt_tokens(messages, open_last)
         pieces = _tokens(text) if text else []
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
-                 "total_tokens": prompt_tokens + len(pieces)}
+        if isinstance(body.get("max_tokens"), int):
+            pieces = pieces[:max(0, body["max_tokens"])]
+            text = "".join(pieces)
+        usage = {"prompt_tokens": n_prompt, "completion_tokens": len(pieces),
+                 "total_tokens": n_prompt + len(pieces)}
         cid = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
 
@@ -307,6 +378,11 @@ class SimUpstream:
         if fault == "slow_first_token":
             await asyncio.sleep(c.fault_delay)
         for i, piece in enumerate(pieces):
+            if i == c.fault_after and fault == "engine_dead":
+                await resp.write(b"data: " + orjson.dumps(ENGINE_DEAD) + b"\n\n")
+                await resp.write(b"data: [DONE]\n\n")
+                await resp.write_eof()
+                return
             if i == c.fault_after and fault in ("cut", "stall", "malformed"):
                 if fault == "cut":
                     assert request.transport is not None
@@ -320,7 +396,7 @@ class SimUpstream:
                 await asyncio.sleep(c.per_token)
             await resp.write(chunk({"content": piece}))
         await resp.write(chunk({}, "stop"))
-        if (body.get("stream_options") or {}).get("include_usage"):
+        if (body.get("stream_options") or {}).get("include_usage") and c.engine != "llamacpp":
             ev = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": c.model,
                   "choices": [], "usage": usage}
             await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")

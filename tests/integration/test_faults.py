@@ -73,7 +73,7 @@ def test_transient_failure_that_heals_is_answered_by_the_same_route(lab: Lab) ->
     lab.configure("ubuntu-6000", fault="http_500", fault_count=1)
     r = post(lab, stream=True)
     assert r.headers["x-homelab-route"] == "ubuntu-6000"
-    assert r.headers["x-homelab-fallback-path"] == "ubuntu-6000"
+    assert r.headers["x-homelab-fallback-path"] == "ubuntu-6000,ubuntu-6000"  # every attempt shows
     assert lab.sims["ubuntu-6000"].requests == 2
     assert lab.sims["spark"].requests == 0
 
@@ -180,7 +180,7 @@ def test_mid_stream_failure_is_continued_on_a_route_that_can(lab: Lab, client: O
     assert prefill is not None and prefill["continue_final_message"] is True
     assert prefill["messages"][-1]["role"] == "assistant"
     d = last_decision(lab)
-    assert "continued_on:spark" in d["events"] and d["route"] == "spark"
+    assert "continued_on:spark:prefill" in d["events"] and d["route"] == "spark"
     assert d["fallback_path"] == ["ubuntu-6000", "spark"]
 
 

@@ -138,8 +138,10 @@ def test_decision_log_has_one_line_per_request(lab: Lab, client: OpenAI) -> None
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="homelab/missing", messages=user("x"))  # type: ignore[arg-type]
     lines = read_jsonl(lab.log_dir / "router-decisions.jsonl")
-    assert len(lines) == 2  # the 404 was never routed
-    first, second = lines
+    assert len(lines) == 3  # the 404 was never routed, but it is on the record
+    first, second, refused = lines
+    assert refused["status"] == 404 and refused["reason"] == "model_not_found"
+    assert "homelab/missing" in refused["error"] and refused["endpoint"] == "/v1/chat/completions"
     assert first["bucket"] == "reasoning" and first["route"] == "spark" and first["reason"] == "bucket_match"
     assert first["scores"] == {"reasoning": 2, "coding": 1}
     assert first["status"] == 200 and first["stream"] is False and first["has_image"] is False

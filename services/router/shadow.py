@@ -1,0 +1,77 @@
+"""The shadow policy: a candidate policy that decides every live request too, without serving any.
+
+Pure: no upstream call, no I/O. The disagreements form a matrix (live route → candidate route) with
+counts, a few recent request ids and the keywords the candidate matched — never prompt text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.router.decide import Decision, Router
+from services.router.errors import PolicyError, RequestError
+from services.router.policy import Policy
+
+RECENT = 5
+
+
+def refuse_commands(live: Policy, candidate: Policy) -> None:
+    """A policy that arrives over HTTP never brings commands: they come only from the file on disk."""
+    for name, route in candidate.routes.items():
+        current = live.routes[name].recover_command if name in live.routes else None
+        if route.recover_command != current:
+            raise PolicyError(
+                f"routes.{name}.recover_command: differs from the live policy's; a policy sent over HTTP "
+                "cannot bring commands (edit the policy file and reload instead)")
+
+
+@dataclass(slots=True)
+class _Cell:
+    count: int = 0
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT))
+
+
+@dataclass
+class Shadow:
+    router: Router
+    loaded_at: float = field(default_factory=time.time)
+    decided: int = 0
+    agreed: int = 0
+    cells: dict[tuple[str, str], _Cell] = field(default_factory=dict)
+
+    def observe(self, request_id: str, live: Decision, *, model: str, text: str, has_image: bool, tokens: int,
+                header_route: str | None, metadata_bucket: object) -> str:
+        """Decide the request by the candidate; count it; return the candidate's route (or ``error:<code>``)."""
+        try:
+            cand: Decision | None = self.router.decide(model=model, text=text, has_image=has_image, tokens=tokens,
+                                                       header_route=header_route, metadata_bucket=metadata_bucket)
+        except RequestError as exc:
+            cand = None
+            cand_route = f"error:{exc.code or exc.status}"
+        else:
+            assert cand is not None
+            cand_route = cand.route
+        self.decided += 1
+        if cand_route == live.route:
+            self.agreed += 1
+            return cand_route
+        cell = self.cells.setdefault((live.route, cand_route), _Cell())
+        cell.count += 1
+        keywords = sorted({k for ks in (cand.matched if cand else {}).values() for k in ks})
+        cell.recent.append({"request_id": request_id, "live_bucket": live.bucket,
+                            "candidate_bucket": cand.bucket if cand else None,
+                            "candidate_reason": cand.reason if cand else cand_route, "keywords": keywords})
+        return cand_route
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "loaded_at": self.loaded_at,
+            "decided": self.decided,
+            "agreed": self.agreed,
+            "disagreed": self.decided - self.agreed,
+            "matrix": [{"live_route": live, "candidate_route": cand, "count": c.count, "recent": list(c.recent)}
+                       for (live, cand), c in sorted(self.cells.items(), key=lambda kv: -kv[1].count)],
+        }
