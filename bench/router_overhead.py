@@ -38,7 +38,8 @@ COMPLETION = ('{"id":"chatcmpl-bench","object":"chat.completion","created":1,"mo
               '"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}')
 CHUNK = ('data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"bench-model",'
          '"choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}]}\\n\\n')
-SSE = ("".join(CHUNK % w for w in ("Hello", " from", " nginx")) +
+WORDS = ("Hello", " from", " nginx", ",", " a", " twelve", " chunk", " stream", " for", " the", " relay", ".")
+SSE = ("".join(CHUNK % w for w in WORDS) +
        'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"bench-model",'
        '"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\\n\\ndata: [DONE]\\n\\n')
 MODELS = '{"object":"list","data":[{"id":"bench-model","object":"model"}]}'
@@ -194,6 +195,12 @@ def main() -> int:
             rr = wrk(via, BODY, conns, d)
             rows.append((conns, rd, rr))
         sse_direct = f"http://127.0.0.1:{sse_port}/v1/chat/completions"
+        chat = SBODY.replace("homelab/auto", "homelab/chat")
+        srows = []
+        for conns in (1, 32):
+            rd = wrk(sse_direct, SBODY, conns, d)
+            rr = wrk(via, chat, conns, d)
+            srows.append((conns, rd, rr))
         td = asyncio.run(ttfb(sse_direct, SBODY, 300))
         # through the router, pinned to the route whose upstream streams (win-5090 = homelab/chat)
         tr = asyncio.run(ttfb(via, SBODY.replace("homelab/auto", "homelab/chat"), 300))
@@ -209,6 +216,12 @@ def main() -> int:
              "| added p99 ms | direct req/s | router req/s | router errors |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for conns, rd, rr in rows:
+        lines.append(f"| {conns} | {rd['p50']:.3f} | {rr['p50']:.3f} | {rr['p50'] - rd['p50']:.3f} | "
+                     f"{rd['p99']:.3f} | {rr['p99']:.3f} | {rr['p99'] - rd['p99']:.3f} | {rd['rps']:.0f} | "
+                     f"{rr['rps']:.0f} | {rr['errors']} |")
+    lines += ["", f"Streaming ({len(WORDS)} content chunks + finish + [DONE] per answer):", "",
+              lines[0], lines[1]]
+    for conns, rd, rr in srows:
         lines.append(f"| {conns} | {rd['p50']:.3f} | {rr['p50']:.3f} | {rr['p50'] - rd['p50']:.3f} | "
                      f"{rd['p99']:.3f} | {rr['p99']:.3f} | {rr['p99'] - rd['p99']:.3f} | {rd['rps']:.0f} | "
                      f"{rr['rps']:.0f} | {rr['errors']} |")

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-COMMANDS = ("drain", "undrain", "reload", "recover-cuda", "upstreams", "explain", "summary", "cuda-probe")
+COMMANDS = ("drain", "undrain", "reload", "recover-cuda", "upstreams", "explain", "summary", "cuda-probe", "shadow")
 
 
 def add_arguments(sub: Any) -> None:
@@ -28,6 +28,11 @@ def add_arguments(sub: Any) -> None:
         _common(p)
     _common(sub.add_parser("reload", help="re-read the routing policy (a bad file is refused)"))
     _common(sub.add_parser("upstreams", help="health, load, circuit and last error of every route"))
+    sh = sub.add_parser("shadow", help="try a candidate policy on live traffic without serving it: "
+                                       "load FILE | show | drop | promote")
+    sh.add_argument("action", choices=("load", "show", "drop", "promote"), nargs="?", default="show")
+    sh.add_argument("file", nargs="?", type=Path, help="the candidate policy (for load)")
+    _common(sh)
     e = sub.add_parser("explain", help="the routing decision for a prompt (no upstream needed)")
     e.add_argument("prompt")
     e.add_argument("--image", action="store_true")
@@ -67,6 +72,49 @@ def _call(a: argparse.Namespace, method: str, path: str, body: dict[str, Any] | 
     return 0, data
 
 
+def _shadow(a: argparse.Namespace) -> int:
+    if a.action == "load":
+        if a.file is None:
+            print("homelab shadow load: give the candidate policy file", file=sys.stderr)
+            return 2
+        base, headers = _client(a)
+        try:
+            text = a.file.read_text(encoding="utf-8")
+            r = httpx.post(base + "/admin/shadow", headers=headers, content=text.encode(), timeout=30)
+        except OSError as exc:
+            print(f"homelab shadow: {exc}", file=sys.stderr)
+            return 2
+        except httpx.HTTPError as exc:
+            print(f"homelab: cannot reach the router at {base}: {type(exc).__name__}", file=sys.stderr)
+            return 2
+        if r.status_code >= 400:
+            print(f"homelab shadow: refused (HTTP {r.status_code}): {r.json()['error']['message']}", file=sys.stderr)
+            return 1
+        print(f"shadow policy loaded from {a.file}: every live request is now also decided by it")
+        return 0
+    method, path = {"show": ("GET", "/admin/shadow"), "drop": ("DELETE", "/admin/shadow"),
+                    "promote": ("POST", "/admin/shadow/promote")}[a.action]
+    code, data = _call(a, method, path)
+    if code != 0:
+        return code
+    if a.action == "promote":
+        print("shadow policy promoted: it is the live policy now (the file on disk is unchanged)")
+        return 0
+    report = data.get("shadow") or data.get("final")
+    if report is None:
+        print("no shadow policy loaded")
+        return 0
+    print(f"decided {report['decided']}, agreed {report['agreed']}, disagreed {report['disagreed']}")
+    if report["matrix"]:
+        print(f"{'live route':<16}{'candidate':<16}{'count':<7}recent (request id: candidate keywords)")
+        for row in report["matrix"]:
+            recent = "; ".join(f"{x['request_id']}: {','.join(x['keywords']) or '-'}" for x in row["recent"][-3:])
+            print(f"{row['live_route']:<16}{row['candidate_route']:<16}{row['count']:<7}{recent}")
+    if a.action == "drop":
+        print("shadow policy dropped")
+    return 0
+
+
 def cuda_probe() -> int:
     """A fresh cuInit(0) through libcuda (what breaks after an eGPU link flap while nvidia-smi still works)."""
     try:
@@ -102,6 +150,8 @@ def run(a: argparse.Namespace) -> int:
 
         print(asyncio.run(summarize()))
         return 0
+    if cmd == "shadow":
+        return _shadow(a)
     if cmd in ("drain", "undrain"):
         code, data = _call(a, "POST", f"/admin/{cmd}/{a.route}")
         if code == 0:

@@ -14,6 +14,7 @@ from services.router.app import RouterSettings, compile_policy, create_app
 from services.router.decide import AUTO
 from services.router.errors import PolicyError, RequestError
 from services.router.policy import load_policy
+from shared.jsonl import check_writable
 
 DEFAULT_POLICY = Path(os.environ.get("HOMELAB_POLICY") or "config/routing_policy.yaml")
 
@@ -60,9 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        app = create_app(RouterSettings.from_env(a.policy))
+        settings = RouterSettings.from_env(a.policy)
+        check_writable(settings.log_dir)
+        app = create_app(settings)
     except PolicyError as exc:
         print(f"homelab-router: invalid policy: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"homelab-router: {exc.strerror or exc} (set HOMELAB_LOG_DIR to a writable folder)", file=sys.stderr)
         return 2
     uvicorn.run(app, host=a.host, port=a.port, loop="uvloop", http="httptools", access_log=False,
                 log_level="warning", timeout_keep_alive=75)

@@ -96,7 +96,12 @@ class Ctx:
 
 
 class RelayResponse(StreamingResponse):
-    """A streaming response that always runs ``on_close`` — even if the client left before the first byte."""
+    """A relayed stream: a departed client stops the relay at once, and ``on_close`` always runs (even
+    if the client left before the first byte).
+
+    Starlette's StreamingResponse runs an anyio task group per response on ASGI < 2.4 (uvicorn says
+    2.3); one plain watcher task does the same job for a fraction of the cost.
+    """
 
     def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None],
                  headers: dict[str, str]) -> None:
@@ -104,9 +109,34 @@ class RelayResponse(StreamingResponse):
         self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        me = asyncio.current_task()
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            if me is not None:
+                me.cancel()  # the relay is waiting on the upstream: stop it now, not at its next chunk
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        iterator = self.body_iterator
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not gone or me is None:
+                raise
+            me.uncancel()
+        except OSError:
+            pass  # the client went away while we wrote
         finally:
+            watcher.cancel()
+            if hasattr(iterator, "aclose"):
+                await iterator.aclose()
             self._on_close()
 
 
@@ -442,6 +472,9 @@ class Dispatcher:
             released = False
             room = st.in_flight < route.max_concurrency  # others in flight below the cap, this one aside
             t0 = time.perf_counter()
+            # logged as it goes: a successful attempt writes the decision line before it returns
+            attempt: dict[str, Any] = {"route": name, "outcome": "ok"}
+            ctx.attempts.append(attempt)
 
             def release() -> None:
                 nonlocal released
@@ -456,11 +489,9 @@ class Dispatcher:
                 raise
             if not (outcome.kind == "ok" and ctx.pre.stream):
                 release()  # a committed stream releases its slot when the client's response closes
-            attempt: dict[str, Any] = {"route": name, "outcome": outcome.kind,
-                                       "ms": round((time.perf_counter() - t0) * 1000, 3)}
             if outcome.kind != "ok":
-                attempt["detail"] = outcome.detail[:300]
-            ctx.attempts.append(attempt)
+                attempt.update(outcome=outcome.kind, detail=outcome.detail[:300],
+                               ms=round((time.perf_counter() - t0) * 1000, 3))
             if outcome.kind == "fail":
                 st.record_failure(outcome.detail, health.failure_threshold)
                 self.metrics.upstream_errors.labels(name, outcome.detail.split(":")[0]).inc()
@@ -583,6 +614,8 @@ class Dispatcher:
         """A client error as the upstream said it, in OpenAI's shape (an engine's own shape is rewrapped)."""
         ctx.status = status = 400 if status == 200 else status
         ctx.error = _error_text(raw)
+        if ctx.attempts:
+            ctx.attempts[-1]["outcome"] = kind
         try:
             parsed = orjson.loads(raw)
             ok = isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)

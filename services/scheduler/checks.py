@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared import topics
 from shared.bus import Bus
-from shared.jsonl import read_jsonl
+from shared.jsonl import iter_jsonl
 from shared.settings import Settings
 
 Check = Callable[[Settings, httpx.AsyncClient, dict[str, Any]], Awaitable[str]]
@@ -107,9 +107,15 @@ async def gpu_temperature(settings: Settings, client: httpx.AsyncClient, opts: d
 async def weekly_summary(settings: Settings, client: httpx.AsyncClient, opts: dict[str, Any]) -> str:
     days = float(opts.get("days", 7))
     since = time.time() - days * 86400
-    rows = [r for r in read_jsonl(settings.log_dir / "router-decisions.jsonl") if r.get("ts", 0) >= since]
-    if not rows:
+    every = [r for r in iter_jsonl(settings.log_dir / "router-decisions.jsonl", rotated=True)
+             if r.get("ts", 0) >= since]
+    rows = [r for r in every if "route" in r]  # routed requests; the others were refused before routing
+    refused = Counter(f"{r.get('status')} {r.get('reason')}" for r in every if "route" not in r)
+    if not rows and not refused:
         return f"routing summary ({days:g} d): no requests"
+    if not rows:
+        return f"routing summary ({days:g} d): no routed requests; refused: " + ", ".join(
+            f"{k} ×{v}" for k, v in refused.most_common(5))
     by_route = Counter(r["route"] for r in rows)
     by_reason = Counter(r["reason"] for r in rows)
     errors = sum(1 for r in rows if r.get("status", 200) >= 400)
@@ -121,6 +127,9 @@ async def weekly_summary(settings: Settings, client: httpx.AsyncClient, opts: di
              f"latency p50 {statistics.median(lat):.0f} ms, p95 {p95:.0f} ms" if lat else "latency: -",
              "by route: " + ", ".join(f"{k} {v}" for k, v in by_route.most_common()),
              "by reason: " + ", ".join(f"{k} {v}" for k, v in by_reason.most_common(8))]
+    if refused:
+        lines.append(f"refused before routing: {sum(refused.values())} (" + ", ".join(
+            f"{k} ×{v}" for k, v in refused.most_common(5)) + ")")
     return "\n".join(lines)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-
 from typing import get_args
 
 from services.sim_upstream.server import ENGINES, Fault, SimConfig, SimUpstream

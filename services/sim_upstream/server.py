@@ -76,7 +76,7 @@ def _tokens(text: str) -> list[str]:
     out = []
     for i, w in enumerate(text.split(" ")):
         out.append(w if i == 0 else " " + w)
-    return out
+    return [piece for piece in out if piece]
 
 
 def _example_for_schema(schema: dict[str, Any]) -> Any:
@@ -164,6 +164,7 @@ class SimUpstream:
         self.active = 0
         self.requests = 0
         self.faults_served = 0
+        self.arrivals: list[float] = []  # when each chat request came in (monotonic)
         self.last_body: dict[str, Any] | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -257,6 +258,7 @@ class SimUpstream:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        self.arrivals.append(time.monotonic())
         c = self.config
         if c.slots is not None and self.active >= c.slots:
             return _err(503, "Server busy: all slots are in use", "server_error", "busy")
