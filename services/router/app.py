@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from services.router.decide import Router, check_examples
 from services.router.errors import PolicyError, RequestError, error_body
@@ -36,6 +37,26 @@ from shared.jsonl import JsonlWriter, log_dir
 log = logging.getLogger("homelab.router")
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
+
+
+class RouterApp(FastAPI):
+    """FastAPI with a fast path: the hot endpoints (which catch every error themselves and answer in
+    OpenAI's shape) are called straight from the ASGI entry, skipping the middleware stack, routing and
+    dependency solving — a third of the router's CPU per request when measured. Everything else
+    (admin, metrics, 404s) goes through FastAPI as usual."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fast_routes: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            handler = self.fast_routes.get((scope["method"], scope["path"]))
+            if handler is not None:
+                response = await handler(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def compile_policy(policy: Policy) -> Router:
@@ -308,8 +329,8 @@ def create_app(settings: RouterSettings, router: Router | None = None) -> FastAP
         async with svc.running():
             yield
 
-    app = FastAPI(title="homelab-router", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = RouterApp(title="homelab-router", lifespan=lifespan, docs_url=None, redoc_url=None,
+                    openapi_url=None)
     app.state.svc = svc
 
     def rejected(request: Request, status: int, reason: str, message: str, request_id: str | None = None) -> str:
@@ -359,7 +380,7 @@ def create_app(settings: RouterSettings, router: Router | None = None) -> FastAP
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         started = time.perf_counter()
-        request_id = uuid.uuid4().hex[:16]
+        request_id = os.urandom(8).hex()
         try:
             body = await _read_body(request, settings.max_body)
             pre = preflight(body)
@@ -380,6 +401,8 @@ def create_app(settings: RouterSettings, router: Router | None = None) -> FastAP
                             headers={"X-Request-Id": request_id})
         except Exception:
             return internal_error("chat", request_id)
+
+    app.fast_routes[("POST", "/v1/chat/completions")] = chat
 
     @app.get("/v1/models")
     async def models() -> Response:

@@ -261,6 +261,14 @@ def _error_code(raw: bytes) -> str:
     return ""
 
 
+def _done_with(resp: aiohttp.ClientResponse) -> None:
+    """Give a finished stream's connection back to the pool (keep-alive); close one cut short."""
+    if resp.content.at_eof():
+        resp.release()
+    else:
+        resp.close()
+
+
 def _hangup(policy: Policy, t0: float, exc: BaseException) -> Outcome:
     """A reset or disconnect before the answer: transient when quick, a silent upstream when not."""
     waited = time.perf_counter() - t0
@@ -701,11 +709,20 @@ class Dispatcher:
         ctx.final_route = name
         headers = ctx.headers(name)
         headers["Cache-Control"] = "no-cache"
+        if first_end is True:
+            # The whole answer came in the first read (a short answer, a fast engine): one plain
+            # response, no relay to run, the slot and the upstream connection free at once.
+            release()
+            _done_with(resp)
+            self._log_attempt_usage(ctx, track)
+            self.finish(ctx, name)
+            return Outcome("ok", response=Response(_join(buffered) + DONE, media_type="text/event-stream",
+                                                   headers=headers))
         gen = self._relay(ctx, name, route, resp, sse, buffered, track, first_end)
 
         def on_close() -> None:
             release()
-            resp.close()
+            _done_with(resp)
 
         return Outcome("ok", response=RelayResponse(gen, on_close, headers))
 
