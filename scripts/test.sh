@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/pytest ] || bash scripts/install.sh
+# the real-engine tier: llama.cpp's server, built once into ~/.cache/homelab (cold ~4-6 min, then seconds)
+bash scripts/install-engine.sh
 exec .venv/bin/pytest "$@"

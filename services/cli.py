@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from services import runbooks, up
+from services.run import SERVICE_TABLE, services_help
 from services.sim_upstream import cli as sim_cli
+from shared.logs import FORMATS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,16 +28,30 @@ def main(argv: list[str] | None = None) -> int:
     up.add_arguments(u)
     sub.add_parser("router", help="run homelab-router (same flags as homelab-router)")
     r = sub.add_parser("run", help="run one MQTT service in the foreground")
-    r.add_argument("service", help="frigate_consumer | ring_listener | dedup")
+    r.add_argument("service", choices=SERVICE_TABLE, metavar="SERVICE", help=services_help())
     r.add_argument("--log-level", default="INFO")
+    r.add_argument("--log-format", choices=FORMATS, default=None, help="text (default) or json: one JSON object "
+                   "a line for log shippers (also HOMELAB_LOG_FORMAT)")
+    c = sub.add_parser("check-config", help="check every config file (settings, policy, schedules, broker ACL)")
+    c.add_argument("--config", type=Path, default=None, help="settings file (default: HOMELAB_CONFIG or "
+                   "config/homelab.yaml)")
+    c.add_argument("--policy", type=Path, default=None, help="routing policy (default: HOMELAB_POLICY or "
+                   "config/routing_policy.yaml)")
+    c.add_argument("--schedules", type=Path, default=None,
+                   help="jobs file (default: the settings' scheduler.jobs_file)")
+    c.add_argument("--acl", type=Path, default=None, help="broker ACL (default: mosquitto/acl)")
     runbooks.add_arguments(sub)
     a = ap.parse_args(argv)
     if a.cmd in runbooks.COMMANDS:
         return runbooks.run(a)
+    if a.cmd == "check-config":
+        from services.check_config import run as check
+
+        return check(a.config, a.policy, a.schedules, a.acl)
     if a.cmd == "run":
         from services.run import run
 
-        return run(a.service, a.log_level.upper())
+        return run(a.service, a.log_level.upper(), a.log_format)
     if a.cmd == "sim-upstream":
         return sim_cli.run(a)
     if a.cmd == "sim-frigate":

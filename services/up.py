@@ -170,4 +170,12 @@ async def _main(a: argparse.Namespace) -> int:
 
 
 def run(a: argparse.Namespace) -> int:
+    from services.check_config import check_all
+
+    problems = check_all(policy=a.policy)
+    if problems:
+        print("homelab up: the configuration has errors (homelab check-config):", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 2
     return asyncio.run(_main(a))

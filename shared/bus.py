@@ -19,12 +19,14 @@ import contextlib
 import logging
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import aiomqtt
+import orjson
 from pydantic import BaseModel
 
 from shared.settings import parse_mqtt_url
@@ -69,6 +71,12 @@ def _payload_bytes(p: object) -> bytes:
     if isinstance(p, bytes | bytearray):
         return bytes(p)
     return b"" if p is None else str(p).encode()
+
+
+def _since(state: str) -> bytes:
+    """``homelab/<service>/status/since``: when the status last changed (``homelab status`` shows it; a
+    crash's LWT ``offline`` cannot carry a time, so then only the last ``online`` time is known)."""
+    return orjson.dumps({"state": state, "since": round(time.time(), 3)})
 
 
 class Bus:
@@ -127,6 +135,7 @@ class Bus:
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 async with asyncio.timeout(1):
                     await client.publish(self.status_topic, b"offline", qos=1, retain=True)
+                    await client.publish(self.status_topic + "/since", _since("offline"), qos=1, retain=True)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -185,6 +194,7 @@ class Bus:
                     for topic in (*self.subscriptions, *self.confirm, *ha):
                         await client.subscribe(topic, qos=1)
                     await client.publish(self.status_topic, b"online", qos=1, retain=True)
+                    await client.publish(self.status_topic + "/since", _since("online"), qos=1, retain=True)
                     self.connects += 1
                     if self.connects > 1:
                         log.warning("%s: MQTT reconnected to %r", self.service, t)

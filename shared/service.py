@@ -12,6 +12,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from shared.jsonl import JsonlWriter
+from shared.logs import setup_logging
+
+__all__ = ["Validations", "every", "run_service", "setup_logging", "stop_event"]
 from shared.messages import Invalid
 from shared.settings import Settings
 
@@ -45,10 +48,6 @@ class Validations:
         except (ValueError, RecursionError) as exc:  # pydantic raises ValueError on bad JSON too
             self.invalid(topic, payload, f"{type(exc).__name__}: {exc}")
         return None
-
-
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def stop_event() -> asyncio.Event:

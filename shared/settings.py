@@ -60,6 +60,7 @@ class NotifierSettings(_Section):
     channel_timeout: float = Field(default=5.0, gt=0)
     channel_retries: int = Field(default=2, ge=0)
     concurrency: int = Field(default=8, ge=1)  # events triaged at once
+    timeline_days: float = Field(default=90, gt=0)  # finished events older than this leave the timeline
     ha_state_delay: float = Field(default=1.0, ge=0)  # after a new camera's discovery, before its state
 
 

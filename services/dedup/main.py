@@ -46,8 +46,8 @@ async def _handle(bus: Bus, dedup: Deduper, validations: Validations, topic: str
         log.info("unique %s camera=%s kind=%s source=%s trace=%s", ev.event_id, ev.camera, ev.kind, ev.source,
                  ev.trace_id)
     else:
-        log.info("%s %s (camera=%s kind=%s source=%s)%s", d.verdict, ev.event_id, ev.camera, ev.kind, ev.source,
-                 f" into {d.merged_into}" if d.merged_into else "")
+        log.info("%s %s (camera=%s kind=%s source=%s)%s trace=%s", d.verdict, ev.event_id, ev.camera, ev.kind,
+                 ev.source, f" into {d.merged_into}" if d.merged_into else "", ev.trace_id)
     if sum(dedup.counts.values()) % 50 == 1:
         await bus.publish(STATS, orjson.dumps(dedup.counts), retain=True)
 

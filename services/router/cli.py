@@ -15,6 +15,7 @@ from services.router.decide import AUTO
 from services.router.errors import PolicyError, RequestError
 from services.router.policy import load_policy
 from shared.jsonl import check_writable
+from shared.logs import FORMATS, setup_logging
 
 DEFAULT_POLICY = Path(os.environ.get("HOMELAB_POLICY") or "config/routing_policy.yaml")
 
@@ -58,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--log-level", default="info")
+    ap.add_argument("--log-format", choices=FORMATS, default=None,
+                    help="text (default) or json: one JSON object a line (also HOMELAB_LOG_FORMAT)")
+    ap.add_argument("--access-log", action="store_true", help="one line per HTTP request on stderr (uvicorn's)")
     a = ap.parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(a.log_level, a.log_format)
     try:
         settings = RouterSettings.from_env(a.policy)
         check_writable(settings.log_dir)
@@ -70,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"homelab-router: {exc.strerror or exc} (set HOMELAB_LOG_DIR to a writable folder)", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=a.host, port=a.port, loop="uvloop", http="httptools", access_log=False,
-                log_level="warning", timeout_keep_alive=75)
+    if a.access_log:
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+    uvicorn.run(app, host=a.host, port=a.port, loop="uvloop", http="httptools", access_log=a.access_log,
+                log_level="warning", timeout_keep_alive=75, log_config=None)
     return 0
 
 

@@ -261,11 +261,32 @@ def _error_code(raw: bytes) -> str:
     return ""
 
 
-def _done_with(resp: aiohttp.ClientResponse) -> None:
-    """Give a finished stream's connection back to the pool (keep-alive); close one cut short."""
+_DRAINS: set[asyncio.Task[None]] = set()
+
+
+def _done_with(resp: aiohttp.ClientResponse, finished: bool = True) -> None:
+    """Give a finished stream's connection back to the pool (keep-alive); close one cut short.
+
+    After ``[DONE]`` a chunked body's last empty chunk may still be on its way: read it in the
+    background (briefly) so the connection can be reused, instead of paying a new one next time.
+    """
     if resp.content.at_eof():
         resp.release()
+    elif not finished or resp.closed:
+        resp.close()
     else:
+        task = asyncio.get_running_loop().create_task(_drain(resp))
+        _DRAINS.add(task)
+        task.add_done_callback(_DRAINS.discard)
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    try:
+        async with asyncio.timeout(1.0):
+            while await resp.content.readany():
+                pass
+        resp.release()
+    except (TimeoutError, aiohttp.ClientError, OSError):
         resp.close()
 
 
@@ -562,6 +583,11 @@ class Dispatcher:
         body = ctx.body
         if body.get("model") != route.model or extra:
             body = {**body, "model": route.model, **(extra or {})}
+        if route.structured_output == "json_object":
+            rf = body.get("response_format")
+            if isinstance(rf, dict) and rf.get("type") == "json_schema":
+                schema = (rf.get("json_schema") or {}).get("schema") or {"type": "object"}
+                body = {**body, "response_format": {"type": "json_object", "schema": schema}}
         return orjson.dumps(body)
 
     def _headers(self, route: Route) -> dict[str, str]:
@@ -722,7 +748,8 @@ class Dispatcher:
 
         def on_close() -> None:
             release()
-            _done_with(resp)
+            _done_with(resp, finished=ctx.status == 200 and ctx.logged and "client_disconnected" not in ctx.events
+                       and ctx.final_route == name)
 
         return Outcome("ok", response=RelayResponse(gen, on_close, headers))
 

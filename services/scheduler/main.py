@@ -7,6 +7,7 @@ import logging
 from datetime import UTC, datetime
 
 import httpx
+import orjson
 
 from services.scheduler.checks import CHECKS
 from services.scheduler.jobs import JobSpec, Plan, load_jobs
@@ -34,6 +35,9 @@ async def run_job(spec: JobSpec, settings: Settings, client: httpx.AsyncClient) 
         return f"job {spec.name} did not finish within {spec.timeout:g}s"
 
 
+NEXT_RUNS = "homelab/scheduler/next"
+
+
 async def main(settings: Settings) -> None:
     jobs = load_jobs(settings.scheduler.jobs_file)
     plan = Plan.build(jobs, datetime.now(UTC))
@@ -41,9 +45,15 @@ async def main(settings: Settings) -> None:
     async with httpx.AsyncClient() as client, Bus(settings.mqtt_url, SERVICE) as bus:
         alerter = Alerter(settings, bus, client)
         log.info("scheduler: %d jobs", len(jobs))
+        published: list[tuple[str, str | None]] | None = None
         while True:
             for spec in plan.due(datetime.now(UTC)):
                 out = await run_job(spec, settings, client)
                 channel = await alerter.send(f"homelab: {spec.name}", out, SERVICE) if out else "silent"
                 record.write({"job": spec.name, "output": out[:2000], "alert": channel})
+            upcoming = [(p.spec.name, p.next_at.isoformat() if p.next_at else None) for p in plan.jobs]
+            if upcoming != published:  # retained: `homelab status` shows the next runs
+                await bus.publish(NEXT_RUNS, orjson.dumps([{"job": n, "next_at": t} for n, t in upcoming]),
+                                  retain=True)
+                published = upcoming
             await asyncio.sleep(settings.scheduler.tick)

@@ -36,8 +36,9 @@ from services.vision_notifier.triage import (
 )
 from shared import topics
 from shared.bus import Bus
+from shared.logs import trace
 from shared.messages import CameraEvent
-from shared.service import Validations
+from shared.service import Validations, every
 from shared.settings import Settings
 
 SERVICE = "vision_notifier"
@@ -83,10 +84,11 @@ class Notifier:
 
     async def run(self, ev: CameraEvent, already_sent: set[str]) -> None:
         """Process one event; never raises (one bad event must not stop the service)."""
-        try:
-            await self._process(ev, already_sent)
-        except Exception:
-            log.exception("event %s (trace %s) failed unexpectedly", ev.event_id, ev.trace_id)
+        with trace(ev.trace_id):  # every line about this event carries its trace id
+            try:
+                await self._process(ev, already_sent)
+            except Exception:
+                log.exception("event %s failed unexpectedly", ev.event_id)
 
     async def on_ring_image(self, topic: str, payload: bytes) -> None:
         async with self.ring_arrived:
@@ -272,6 +274,15 @@ class Notifier:
                 await asyncio.sleep(delay)
 
 
+PRUNE_EVERY = 6 * 3600.0
+
+
+async def _prune(store: NotifierStore, days: float) -> None:
+    dropped = store.prune(days)
+    if dropped:
+        log.info("timeline: %d events older than %g days removed", dropped, days)
+
+
 async def main(settings: Settings, configure: Callable[[Notifier], None] | None = None) -> None:
     """Run the notifier; ``configure`` may swap a channel port (tests break one channel that way)."""
     store = NotifierStore(settings.state_dir / "notifier.sqlite3")
@@ -291,6 +302,8 @@ async def main(settings: Settings, configure: Callable[[Notifier], None] | None 
             if configure is not None:
                 configure(n)
             async with asyncio.TaskGroup() as tg:
+                retention = tg.create_task(every(PRUNE_EVERY, lambda: _prune(store, n.cfg.timeline_days),
+                                                 "timeline retention"), name="timeline-retention")
                 for pending, sent in store.pending():
                     log.info("resuming %s after a restart (sent: %s)", pending.event_id,
                              ", ".join(sorted(sent)) or "-")
@@ -302,5 +315,6 @@ async def main(settings: Settings, configure: Callable[[Notifier], None] | None 
                             tg.create_task(n.handle(ev), name=f"event-{ev.event_id}")
                     elif ring_pattern.match(msg.topic):
                         await n.on_ring_image(msg.topic, msg.payload)
+                retention.cancel()
     finally:
         store.close()

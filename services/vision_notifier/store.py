@@ -58,5 +58,23 @@ class NotifierStore:
         row = self.db.execute("SELECT record FROM events WHERE event_id = ?", (event_id,)).fetchone()
         return orjson.loads(row[0]) if row and row[0] else None
 
+    def prune(self, days: float, now: float | None = None) -> int:
+        """Drop finished events older than ``days`` and give the space back to the disk; returns rows dropped.
+
+        Events still in progress are kept whatever their age (a restart must still finish them).
+        """
+        cutoff = (time.time() if now is None else now) - days * 86400
+        cur = self.db.execute("DELETE FROM events WHERE done = 1 AND received_at < ?", (cutoff,))
+        if cur.rowcount:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.db.execute("VACUUM")
+        return int(cur.rowcount)
+
+    def last(self) -> dict[str, Any] | None:
+        """The newest finished event's timeline record."""
+        row = self.db.execute("SELECT record FROM events WHERE done = 1 AND record IS NOT NULL "
+                              "ORDER BY received_at DESC LIMIT 1").fetchone()
+        return orjson.loads(row[0]) if row else None
+
     def close(self) -> None:
         self.db.close()
