@@ -40,8 +40,24 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--schedules", type=Path, default=None,
                    help="jobs file (default: the settings' scheduler.jobs_file)")
     c.add_argument("--acl", type=Path, default=None, help="broker ACL (default: mosquitto/acl)")
+    st = sub.add_parser("status", help="one screen for the whole lab; exit 0 well, 1 something down, 2 cannot tell")
+    st.add_argument("--json", action="store_true", help="the same as JSON")
+    st.add_argument("--router", default=None, help="router base URL (default: HOMELAB_ROUTER_URL)")
     runbooks.add_arguments(sub)
     a = ap.parse_args(argv)
+    if a.cmd == "status":
+        import os
+
+        from services.status import run as status
+        from shared.settings import SettingsError, load_settings
+
+        try:
+            settings = load_settings()
+        except SettingsError as exc:
+            print(f"homelab status: {exc}", file=sys.stderr)
+            return 2
+        router = a.router or os.environ.get("HOMELAB_ROUTER_URL") or settings.router_url
+        return status(settings, router, a.json)
     if a.cmd in runbooks.COMMANDS:
         return runbooks.run(a)
     if a.cmd == "check-config":

@@ -65,11 +65,6 @@ def run(name: str, log_level: str = "INFO", log_format: str | None = None) -> in
     if name not in SERVICES:
         print(f"homelab run: unknown service '{name}'; services: {', '.join(SERVICES)}", file=sys.stderr)
         return 2
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"homelab run {name}: {exc}", file=sys.stderr)
-        return 2
     from services.check_config import check_all
 
     problems = check_all()
@@ -77,6 +72,11 @@ def run(name: str, log_level: str = "INFO", log_format: str | None = None) -> in
         print(f"homelab run {name}: the configuration has errors (homelab check-config):", file=sys.stderr)
         for p in problems:
             print(f"  {p}", file=sys.stderr)
+        return 2
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"homelab run {name}: {exc}", file=sys.stderr)
         return 2
     try:
         setup_logging(log_level, log_format)

@@ -66,8 +66,8 @@ class NotifierStore:
         cutoff = (time.time() if now is None else now) - days * 86400
         cur = self.db.execute("DELETE FROM events WHERE done = 1 AND received_at < ?", (cutoff,))
         if cur.rowcount:
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self.db.execute("VACUUM")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # WAL: the file shrinks at the checkpoint
         return int(cur.rowcount)
 
     def last(self) -> dict[str, Any] | None:

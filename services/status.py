@@ -1,0 +1,169 @@
+"""``homelab status``: one screen for the whole lab (``--json`` for scripts).
+
+Reads what the lab already publishes: the retained ``homelab/<service>/status`` (+ ``/since``) of every
+service, the router's ``/stats``, the Netdata hosts' retained availability, the notifier's retained last
+event and the scheduler's retained next runs. Exit 0 when all is well, 1 when something is down, 2 when
+it cannot tell (the broker does not answer) — a scheduled ``no_agent`` check can use it as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from typing import Any
+
+import aiomqtt
+import httpx
+import orjson
+
+from services.run import SERVICE_TABLE
+from shared.settings import Settings, parse_mqtt_url
+
+LISTEN = 1.0  # seconds to gather retained messages (they arrive at once on subscribe)
+TOPICS = ("homelab/+/status", "homelab/+/status/since", "homelab/netdata/+/availability",
+          "homelab/vision_notifier/last_event", "homelab/scheduler/next")
+OK, DOWN, UNKNOWN = 0, 1, 2
+
+
+async def _retained(settings: Settings, listen: float) -> dict[str, bytes]:
+    t = parse_mqtt_url(settings.mqtt_url)
+    got: dict[str, bytes] = {}
+    async with aiomqtt.Client(t.host, t.port, username=t.username, password=t.password, timeout=3,
+                              identifier=f"homelab-status-{uuid.uuid4().hex[:8]}") as client:
+        for topic in TOPICS:
+            await client.subscribe(topic, qos=0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(listen):
+                async for msg in client.messages:
+                    if msg.retain:
+                        got[str(msg.topic)] = bytes(msg.payload) if isinstance(msg.payload, bytes | bytearray) \
+                            else str(msg.payload).encode()
+    return got
+
+
+def _json(raw: bytes | None) -> Any:
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+async def collect(settings: Settings, router_url: str, listen: float = LISTEN) -> dict[str, Any]:
+    """Everything the screen shows, and the verdict (``code``: 0 well, 1 something down, 2 cannot tell)."""
+    out: dict[str, Any] = {"checked_at": round(time.time(), 3), "problems": []}
+    problems: list[str] = out["problems"]
+    try:
+        retained = await _retained(settings, listen)
+        out["broker"] = {"url": repr(parse_mqtt_url(settings.mqtt_url)), "ok": True}
+    except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        retained = {}
+        out["broker"] = {"url": repr(parse_mqtt_url(settings.mqtt_url)), "ok": False,
+                         "error": f"{type(exc).__name__}: {exc}"}
+    services: dict[str, Any] = {}
+    for name in ("router", *SERVICE_TABLE):
+        state = retained.get(f"homelab/{name}/status")
+        since = _json(retained.get(f"homelab/{name}/status/since")) or {}
+        row: dict[str, Any] = {"status": state.decode() if state else "never seen"}
+        if since.get("state") == row["status"]:
+            row["since"] = since.get("since")
+        elif since.get("state") == "online" and row["status"] == "offline":
+            row["online_since"] = since.get("since")  # then it died without a word (LWT)
+        services[name] = row
+        if row["status"] == "offline":
+            problems.append(f"service {name} is offline")
+    out["services"] = services
+
+    base = router_url.rstrip("/").removesuffix("/v1")
+    try:
+        async with httpx.AsyncClient(timeout=3) as client:
+            stats = (await client.get(base + "/stats")).raise_for_status().json()
+        out["router"] = {"url": router_url, "ok": True, "uptime_s": stats.get("uptime_s")}
+        routes = {}
+        for name, st in stats.get("routes", {}).items():
+            routes[name] = {k: st.get(k) for k in ("healthy", "circuit", "in_flight", "max_concurrency", "drained",
+                                                   "poisoned", "last_error", "continuation_effective")}
+            if st.get("poisoned"):
+                problems.append(f"route {name} is CUDA-poisoned")
+            elif not st.get("healthy"):
+                problems.append(f"route {name} is down ({st.get('circuit')}: {(st.get('last_error') or '-')[:80]})")
+        out["routes"] = routes
+        write_errors = sum(v.get("write_errors", 0) for v in (stats.get("logs") or {}).values())
+        if write_errors:
+            problems.append(f"router: {write_errors} log lines could not be written (disk?)")
+    except (httpx.HTTPError, ValueError) as exc:
+        out["router"] = {"url": router_url, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        out["routes"] = {}
+        problems.append(f"router unreachable at {router_url}")
+
+    hosts = {}
+    for topic, raw in retained.items():
+        parts = topic.split("/")
+        if len(parts) == 4 and parts[1] == "netdata" and parts[3] == "availability":
+            hosts[parts[2]] = raw.decode()
+            if raw != b"online":
+                problems.append(f"netdata host {parts[2]} is unavailable")
+    out["netdata_hosts"] = hosts
+    out["last_camera_event"] = _json(retained.get("homelab/vision_notifier/last_event"))
+    out["scheduler_next"] = _json(retained.get("homelab/scheduler/next")) or []
+    out["code"] = UNKNOWN if not out["broker"]["ok"] else (DOWN if problems else OK)
+    if out["code"] == UNKNOWN:
+        problems.insert(0, f"cannot tell: the broker at {out['broker']['url']} does not answer")
+    return out
+
+
+def _ago(ts: float | None, now: float) -> str:
+    if not ts:
+        return ""
+    secs = max(0, now - ts)
+    span = f"{secs:.0f}s" if secs < 90 else f"{secs / 60:.0f}m" if secs < 5400 else f"{secs / 3600:.1f}h"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f" ({span} ago)"
+
+
+def render(s: dict[str, Any]) -> str:
+    now = s["checked_at"]
+    verdict = {OK: "OK: all is well", DOWN: "DOWN", UNKNOWN: "UNKNOWN"}[s["code"]]
+    lines = [f"homelab status — {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}: {verdict}"]
+    for p in s["problems"]:
+        lines.append(f"  ! {p}")
+    b = s["broker"]
+    lines += ["", f"broker   {b['url']}  {'ok' if b['ok'] else 'UNREACHABLE: ' + b.get('error', '')}", "",
+              "services"]
+    for name, row in s["services"].items():
+        when = _ago(row.get("since"), now) or (f"(was online since {_ago(row['online_since'], now)})"
+                                               if row.get("online_since") else "")
+        lines.append(f"  {name:<18}{row['status']:<12}{when}")
+    r = s["router"]
+    lines += ["", f"router   {r['url']}  {'ok' if r['ok'] else 'UNREACHABLE: ' + r.get('error', '')}"]
+    if s["routes"]:
+        lines.append(f"  {'route':<14}{'health':<9}{'circuit':<11}{'load':<8}{'drained':<9}{'poisoned':<10}"
+                     f"{'continuation':<14}last error")
+        for name, st in s["routes"].items():
+            lines.append(f"  {name:<14}{'ok' if st['healthy'] else 'DOWN':<9}{st['circuit'] or '-':<11}"
+                         f"{st['in_flight']}/{st['max_concurrency']:<6}{'yes' if st['drained'] else '-':<9}"
+                         f"{'YES' if st['poisoned'] else '-':<10}{st.get('continuation_effective') or '-':<14}"
+                         f"{(st['last_error'] or '-')[:50]}")
+    lines += ["", "netdata hosts  " + (", ".join(f"{h} {a}" for h, a in sorted(s["netdata_hosts"].items()))
+                                       or "none reported")]
+    ev = s["last_camera_event"]
+    if ev:
+        push = (f"text push {ev['text_push_ms']:.0f} ms" if ev.get("text_push_ms") is not None
+                else "dropped locally (confident negative)" if ev.get("dropped") else "no text push")
+        lines += ["", f"last camera event  {ev.get('camera')} {ev.get('label') or ''} {_ago(ev.get('at'), now)}, "
+                      f"{push} (trace {ev.get('trace_id')})"]
+    else:
+        lines += ["", "last camera event  none yet"]
+    if s["scheduler_next"]:
+        lines += ["", "scheduler next runs"]
+        lines += [f"  {j['job']:<22}{j['next_at'] or 'done'}" for j in s["scheduler_next"]]
+    return "\n".join(lines)
+
+
+def run(settings: Settings, router_url: str, as_json: bool, listen: float = LISTEN) -> int:
+    s = asyncio.run(collect(settings, router_url, listen))
+    print(json.dumps(s, indent=2) if as_json else render(s))
+    return int(s["code"])
