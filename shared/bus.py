@@ -108,6 +108,7 @@ class Bus:
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._client: aiomqtt.Client | None = None
+        self._closing = False
 
     @property
     def status_topic(self) -> str:
@@ -136,6 +137,9 @@ class Bus:
                 async with asyncio.timeout(1):
                     await client.publish(self.status_topic, b"offline", qos=1, retain=True)
                     await client.publish(self.status_topic + "/since", _since("offline"), qos=1, retain=True)
+        # aiomqtt may turn the cancellation into an MqttError ("Disconnected during message iteration"):
+        # the flag stops the reconnect loop either way
+        self._closing = True
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -180,7 +184,7 @@ class Bus:
     async def _run(self) -> None:
         t = self.target
         delay = 0.2
-        while True:
+        while not self._closing:
             will = aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True)
             try:
                 async with aiomqtt.Client(
@@ -194,11 +198,11 @@ class Bus:
                     for topic in (*self.subscriptions, *self.confirm, *ha):
                         await client.subscribe(topic, qos=1)
                     await client.publish(self.status_topic, b"online", qos=1, retain=True)
-                    await client.publish(self.status_topic + "/since", _since("online"), qos=1, retain=True)
                     self.connects += 1
                     if self.connects > 1:
                         log.warning("%s: MQTT reconnected to %r", self.service, t)
                     self.connected.set()
+                    await self.publish(self.status_topic + "/since", _since("online"), retain=True)
                     delay = 0.2
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._sender(client), name=f"mqtt-send-{self.service}")
@@ -225,6 +229,8 @@ class Bus:
             finally:
                 self._client = None
                 self.connected.clear()
+            if self._closing:
+                return
             await asyncio.sleep(delay * random.uniform(0.5, 1.0) + 0.05)
             delay = min(delay * 2, RECONNECT_CAP)
 

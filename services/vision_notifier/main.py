@@ -209,11 +209,11 @@ class Notifier:
             text = RouterClient.content(answer).strip()
             if text:
                 return text, False, None
-            why = "the senior model answered nothing"
+            why, reason = "the senior model answered nothing", "senior model gave no description"
         except RouterError as exc:
-            why = f"senior model unavailable: {exc}"
+            why, reason = f"senior model unavailable: {exc}", "senior model offline"
         log.warning("event %s: %s; sending a degraded description", ev.event_id, why)
-        return degraded_description(ev, s1, why), True, why
+        return degraded_description(ev, s1, reason), True, why
 
     # ---- channels ----------------------------------------------------------------------------
 

@@ -114,8 +114,12 @@ def senior_request(ev: CameraEvent, jpeg: bytes | None, s1: Stage1, model: str) 
             "max_tokens": 200}
 
 
-def degraded_description(ev: CameraEvent, s1: Stage1, why: str) -> str:
-    """Built from the classifier's output when the senior model cannot answer: an alert still goes out."""
+def degraded_description(ev: CameraEvent, s1: Stage1, reason: str) -> str:
+    """Built from the classifier's output when the senior model cannot answer: an alert still goes out.
+
+    ``reason`` is what a person reads on the phone ("senior model offline"); the technical cause goes
+    to the timeline and the logs, never to the phone.
+    """
     seen = ", ".join(s1.objects) or (ev.label or ev.kind)
     base = s1.summary or f"{seen.capitalize()} detected"
-    return f"{base} at {ev.camera.replace('_', ' ')} (quick look only: {why})."
+    return f"{base} at {ev.camera.replace('_', ' ')} (description unavailable: {reason})."

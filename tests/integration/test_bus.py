@@ -88,7 +88,7 @@ def test_status_is_retained_with_a_will(bg: BackgroundLoop, broker: Broker, sett
     try:
         assert c.wait(lambda: (topics.status("dedup"), b"online") in [(t, p) for t, p, _ in c.messages])
         svc.stop()
-        assert c.wait(lambda: c.on(topics.status("dedup"))[-1:] == [b"offline"])
+        assert c.wait(lambda: c.on(topics.status("dedup"))[-1:] == [b"offline"]), c.messages
     finally:
         c.close()
 

@@ -47,7 +47,7 @@ def settings(broker: Broker, lab: Lab, frigate: FakeFrigate, tmp_path: Path) -> 
 
 @pytest.fixture
 def out(bg: BackgroundLoop, broker: Broker) -> Iterator[Collector]:
-    c = Collector(bg, broker.url(), *OUT, "homeassistant/#", "homelab/cameras/#")
+    c = Collector(bg, broker.url(), *OUT, "homeassistant/#", "homelab/cameras/#", "homelab/vision_notifier/last_event")
     yield c
     c.close()
 
@@ -165,7 +165,14 @@ def test_senior_model_down_still_sends_a_degraded_rich_push(bg: BackgroundLoop, 
     record = wait_timeline(out)[0]
     rich = out.json_on(topics.NOTIFY_RICH)[0]
     assert rich["degraded"] is True and "A person at the door" in rich["description"]
-    assert record["stage2"]["degraded"] is True and "503" in record["stage2"]["error"]
+    # a person reads it: no HTTP status, no route name, no address on the phone
+    assert rich["description"].endswith("(description unavailable: senior model offline).")
+    for internal in ("503", "spark", "127.0.0.1", "HTTP", "terminal"):
+        assert internal not in rich["description"] and internal not in rich.get("message", "")
+    assert record["stage2"]["degraded"] is True and "503" in record["stage2"]["error"]  # the cause: timeline
+    assert out.wait(lambda: bool(out.on("homelab/vision_notifier/last_event")))
+    last = out.json_on("homelab/vision_notifier/last_event")
+    assert last[-1]["event_id"] == record["event_id"] and last[-1]["text_push_ok"] is True
 
 
 def test_snapshot_missing_forever_escalates_without_the_classifier(bg: BackgroundLoop, broker: Broker, lab: Lab,

@@ -20,7 +20,7 @@ from services.dedup.main import main as dedup_main
 from services.frigate_consumer.main import main as frigate_main
 from services.vision_notifier.store import NotifierStore
 from shared.jsonl import JsonlWriter, disk_use, log_files, read_jsonl
-from shared.logs import JsonFormatter, TextFormatter, setup_logging, trace
+from shared.logs import TextFormatter, setup_logging, trace
 from shared.messages import CameraEvent
 from shared.settings import Settings
 from tests.broker import Broker
@@ -110,13 +110,21 @@ def test_timeline_keeps_its_days_and_gives_the_space_back(tmp_path: Path) -> Non
 # ---- logs for people and for shippers ------------------------------------------------------------
 
 def test_json_log_lines_carry_the_trace_id(capsys: pytest.CaptureFixture[str]) -> None:
-    rec = logging.LogRecord("homelab.vision_notifier", logging.WARNING, __file__, 1, "event %s: degraded",
-                            ("frigate:1",), None)
-    with trace("abc123"):
-        rec.trace_id = "abc123"
-        line = json.loads(JsonFormatter().format(rec))
-    assert line["trace_id"] == "abc123" and line["level"] == "warning" and line["message"] == "event frigate:1: degraded"
-    assert TextFormatter().format(rec).endswith("trace=abc123")
+    setup_logging("INFO", "json")
+    try:
+        log = logging.getLogger("homelab.vision_notifier")
+        with trace("abc123"):
+            log.warning("event %s: degraded", "frigate:1")
+        log.info("no event here")
+    finally:
+        logging.getLogger().handlers.clear()
+    first, second = (json.loads(x) for x in capsys.readouterr().err.splitlines())
+    assert first["trace_id"] == "abc123" and first["level"] == "warning"
+    assert first["message"] == "event frigate:1: degraded" and first["logger"] == "homelab.vision_notifier"
+    assert "trace_id" not in second
+    rec = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
+    rec.trace_id = "t9"
+    assert TextFormatter().format(rec).endswith("hello trace=t9")
 
 
 def test_setup_logging_quiets_http_client_chatter() -> None:
@@ -174,7 +182,8 @@ def test_check_config_passes_on_the_shipped_files() -> None:
     ("config/routing_policy.yaml", lambda t: t.replace("expect_route: spark}", "expect_route: win-5090}", 1),
      "routing_policy.yaml: examples: golden cases failed"),
     ("config/schedules.yaml", lambda t: t.replace("schedule:", "shedule:", 1), "schedules.yaml: jobs.0.shedule"),
-    ("config/schedules.yaml", lambda t: t + "\n  - {name: typo, schedule: \"every 5 parsecs\", check: upstream_health}\n",
+    ("config/schedules.yaml",
+     lambda t: t + "\n  - {name: typo, schedule: \"every 5 parsecs\", check: upstream_health}\n",
      "schedules.yaml: jobs."),
     ("mosquitto/acl", lambda t: t.replace("topic readwrite homelab/notify/#", "topic read homelab/notify/#"),
      "acl: user vision_notifier: cannot write homelab/notify/"),
