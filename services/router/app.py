@@ -29,7 +29,8 @@ from services.router.metrics import Metrics
 from services.router.mqtt_state import RouterMqtt, snapshot_of
 from services.router.policy import Policy, load_policy, parse_policy
 from services.router.preflight import EmbeddingsRequest, preflight
-from services.router.proxy import JSON, Ctx, Dispatcher
+from services.router.proxy import JSON, Ctx, Dispatcher, RelayResponse
+from services.router.responses import StreamTranslator, to_chat, to_response
 from services.router.shadow import Shadow, refuse_commands
 from services.router.state import RouteState
 from shared.jsonl import JsonlWriter, log_dir
@@ -403,6 +404,48 @@ def create_app(settings: RouterSettings, router: Router | None = None) -> FastAP
             return internal_error("chat", request_id)
 
     app.fast_routes[("POST", "/v1/chat/completions")] = chat
+
+    @app.post("/v1/responses")
+    async def responses(request: Request) -> Response:
+        """The Responses API, routed by the same policy (translated to Chat Completions unless native)."""
+        started = time.perf_counter()
+        request_id = os.urandom(8).hex()
+        try:
+            body = await _read_body(request, settings.max_body)
+            tr = to_chat(body)
+            pre = preflight(tr.chat)
+            router = svc.router
+            header_route = request.headers.get("x-homelab-route")
+            decision = router.decide(
+                model=pre.model, text=pre.text, has_image=pre.has_image, tokens=pre.tokens,
+                header_route=header_route, metadata_bucket=pre.metadata.get("homelab_bucket"),
+            )
+            if svc.shadow is not None:
+                asyncio.get_running_loop().call_soon(svc.observe_shadow, request_id, decision, pre, header_route)
+            ctx = Ctx(request_id, tr.chat, pre, decision, router.policy, started, endpoint="/v1/responses",
+                      responses=body)
+            ctx.events.extend(tr.notes)
+            assert svc.dispatcher is not None
+            resp = await svc.dispatcher.chat(ctx)
+            final = router.policy.routes.get(ctx.final_route or "")
+            if resp.status_code != 200 or final is None or ctx.native(final):
+                return resp  # an error (OpenAI-shaped), or the engine's own Responses answer
+            if isinstance(resp, RelayResponse):
+                return resp.rewrap(StreamTranslator(body, request_id).translate)
+            headers = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-")}
+            if pre.stream:
+                out = StreamTranslator(body, request_id).feed_bytes(bytes(resp.body))
+                return Response(out, media_type="text/event-stream", headers=headers)
+            answer = to_response(orjson.loads(resp.body), body, request_id)
+            return Response(orjson.dumps(answer), media_type=JSON, headers=headers)
+        except RequestError as exc:
+            rejected(request, exc.status, exc.code or exc.type, exc.message, request_id)
+            return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type=JSON,
+                            headers={"X-Request-Id": request_id})
+        except Exception:
+            return internal_error("responses", request_id)
+
+    app.fast_routes[("POST", "/v1/responses")] = responses
 
     @app.get("/v1/models")
     async def models() -> Response:

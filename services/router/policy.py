@@ -58,6 +58,9 @@ class Route(_Strict):
     # How the engine takes a JSON schema: OpenAI's ``json_schema`` (vLLM, LM Studio), or
     # ``json_object`` with a ``schema`` beside it (llama-cpp-python's server answers json_schema with 500).
     structured_output: Literal["json_schema", "json_object"] = "json_schema"
+    # /v1/responses: ``native`` relays to the engine's own /v1/responses (recent vLLM); ``translate``
+    # turns it into Chat Completions and the answer back
+    responses: Literal["translate", "native"] = "translate"
 
     @field_validator("continuation", mode="before")
     @classmethod
@@ -75,6 +78,10 @@ class Route(_Strict):
     @property
     def chat_url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"
+
+    @property
+    def responses_url(self) -> str:
+        return self.base_url.rstrip("/") + "/responses"
 
     @property
     def embeddings_url(self) -> str:

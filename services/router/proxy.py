@@ -84,6 +84,10 @@ class Ctx:
     usage: dict[str, Any] | None = None
     logged: bool = False
     endpoint: str = "/v1/chat/completions"
+    responses: dict[str, Any] | None = None  # the original /v1/responses body (native routes get it as is)
+
+    def native(self, route: Route) -> bool:
+        return self.responses is not None and route.responses == "native"
 
     def headers(self, route: str) -> dict[str, str]:
         return {
@@ -107,6 +111,13 @@ class RelayResponse(StreamingResponse):
                  headers: dict[str, str]) -> None:
         super().__init__(content, media_type="text/event-stream", headers=headers)
         self._on_close = on_close
+        self._content = content
+
+    def rewrap(self, transform: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]) -> RelayResponse:
+        """The same relay (slot, upstream connection, disconnect handling) with its bytes transformed."""
+        return RelayResponse(transform(self._content), self._on_close,
+                             {k: v for k, v in self.headers.items()
+                              if k.lower().startswith("x-") or k.lower() == "cache-control"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         me = asyncio.current_task()
@@ -318,6 +329,7 @@ class _StreamTrack:
     chunk_id: str | None = None
     deltas: int = 0  # content deltas seen (engines stream about one token per delta)
     usage: dict[str, Any] | None = None
+    native: bool = False  # a Responses event stream (a native route), not chat chunks
 
     def feed(self, data: bytes) -> None:
         """Parse one data payload; raise UpstreamFault if malformed or an in-band error."""
@@ -327,6 +339,9 @@ class _StreamTrack:
             raise UpstreamFault("malformed_chunk", f"not JSON: {data[:80]!r}") from exc
         if not isinstance(ev, dict):
             raise UpstreamFault("malformed_chunk", "chunk is not an object")
+        if self.native:
+            self._feed_native(ev, data)
+            return
         if "error" in ev:
             raise UpstreamFault("stream_error", _error_text(data))
         if self.chunk_id is None and isinstance(ev.get("id"), str):
@@ -344,6 +359,22 @@ class _StreamTrack:
                 self.tool_calls = True
             if choice.get("finish_reason"):
                 self.finished = True
+
+    def _feed_native(self, ev: dict[str, Any], data: bytes) -> None:
+        kind = ev.get("type")
+        if kind in ("error", "response.failed"):
+            err = ev.get("message") or ((ev.get("response") or {}).get("error") or {}).get("message")
+            raise UpstreamFault("stream_error", str(err or data[:200]))
+        if kind == "response.output_text.delta":
+            self.text.append(str(ev.get("delta") or ""))
+            self.deltas += 1
+        elif kind == "response.output_item.added" and (ev.get("item") or {}).get("type") == "function_call":
+            self.tool_calls = True
+        elif kind in ("response.completed", "response.incomplete"):
+            self.finished = True
+            usage = (ev.get("response") or {}).get("usage")
+            if isinstance(usage, dict):
+                self.usage = usage
 
     @property
     def has_output(self) -> bool:
@@ -580,6 +611,9 @@ class Dispatcher:
         return Outcome("client", detail=f"http_{status}: {text}", status=status if status != 200 else 400)
 
     def _payload(self, ctx: Ctx, route: Route, extra: dict[str, Any] | None = None) -> bytes:
+        if ctx.native(route) and not extra:
+            assert ctx.responses is not None
+            return orjson.dumps({**ctx.responses, "model": route.model})
         body = ctx.body
         if body.get("model") != route.model or extra:
             body = {**body, "model": route.model, **(extra or {})}
@@ -596,10 +630,10 @@ class Dispatcher:
             h["Authorization"] = f"Bearer {route.api_key}"
         return h
 
-    async def _post_stream(self, route: Route, payload: bytes) -> aiohttp.ClientResponse:
+    async def _post_stream(self, route: Route, payload: bytes, url: str | None = None) -> aiohttp.ClientResponse:
         # sock_read: aiohttp's per-read timeout is the stream idle timeout, at no cost per chunk
         return await self.session.post(
-            route.chat_url, data=payload, headers=self._headers(route),
+            url or route.chat_url, data=payload, headers=self._headers(route),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=route.connect_timeout,
                                           sock_read=route.stream_idle_timeout))
 
@@ -615,7 +649,8 @@ class Dispatcher:
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(route.request_timeout):
-                async with self.session.post(route.chat_url, data=payload, headers=self._headers(route),
+                url = route.responses_url if ctx.native(route) else route.chat_url
+                async with self.session.post(url, data=payload, headers=self._headers(route),
                                              timeout=aiohttp.ClientTimeout(
                                                  total=None, sock_connect=route.connect_timeout)) as resp:
                     raw = await resp.read()
@@ -668,11 +703,12 @@ class Dispatcher:
         t0 = time.perf_counter()
         resp: aiohttp.ClientResponse | None = None
         buffered: list[bytes] = []
-        track = _StreamTrack()
+        native = ctx.native(route)
+        track = _StreamTrack(native=native)
         first_end: UpstreamFault | bool | None = None
         try:
             async with asyncio.timeout(route.first_token_timeout):
-                resp = await self._post_stream(route, payload)
+                resp = await self._post_stream(route, payload, route.responses_url if native else None)
                 if resp.status != 200 or resp.content_type == JSON:
                     # An error, or a JSON body where a stream was asked for (an engine's 200 + error).
                     raw = await resp.read()
@@ -782,9 +818,12 @@ class Dispatcher:
                 if batch is None:
                     if not track.finished:
                         raise UpstreamFault("stream_cut", "upstream closed the stream mid-answer")
-                    ctx.events.append("finalised_without_done")
                     completed = True
                     self._log_attempt_usage(ctx, track)
+                    if track.native:  # a Responses stream ends with response.completed: no [DONE] there
+                        self.finish(ctx, name)
+                        return
+                    ctx.events.append("finalised_without_done")
                     self.finish(ctx, name)
                     yield DONE
                     return
@@ -839,7 +878,7 @@ class Dispatcher:
         """Finish the answer on the failover route, in the modes it allows (prefill first, then instruct)."""
         target = route.failover
         policy = ctx.policy
-        if target is None or track.tool_calls:
+        if target is None or track.tool_calls or track.native:
             return
         troute = policy.routes[target]
         st = self._states().get(target)

@@ -58,6 +58,11 @@ class SimConfig(BaseModel):
     fault_count: int | None = None  # faulty requests before healing (None: forever)
     retry_after: float = 1.0  # Retry-After seconds for http_429
     json_answer: Any = None  # fixed JSON answer (or a raw string) for response_format requests
+    reply: str | None = None  # answer with this text (an aider edit block, say) instead of the canonical one
+    # with tools offered and a user turn last: call this tool ({"name": ..., "arguments": {...}}); after the
+    # tool's result comes back, answer "The tool returned: <result>"
+    tool_call: dict[str, Any] | None = None
+    responses: bool = False  # serve /v1/responses natively (recent vLLM); else it is a 404 (most engines)
     # what a camera_triage request (metadata.homelab_task) gets when json_answer is not set
     triage_answer: dict[str, Any] = {"verdict": "positive", "confidence": 0.9, "objects": ["person"],
                                      "summary": "A person is at the door"}
@@ -178,6 +183,7 @@ class SimUpstream:
         app.add_routes([
             web.get("/v1/models", self._models),
             web.post("/v1/chat/completions", self._chat),
+            web.post("/v1/responses", self._responses),
             web.post("/v1/embeddings", self._embeddings),
             web.get("/_sim/stats", self._stats),
             web.post("/_sim/config", self._set_config),
@@ -334,8 +340,12 @@ class SimUpstream:
             else:
                 schema = (rf.get("json_schema") or {}).get("schema") or {"type": "object"}
                 text = orjson.dumps(_example_for_schema(schema)).decode()
+        elif messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+            text = f"The tool returned: {messages[-1].get('content')}"
         else:
-            text = answer_text(c.words)
+            text = c.reply if c.reply is not None else answer_text(c.words)
+        if c.tool_call and body.get("tools") and last.get("role") == "user":
+            return await self._tool_call(request, body, c, messages)
         if prefix:
             # Continue the canonical answer from where the partial one stopped.
             text = text[len(prefix):] if text.startswith(prefix) else text
@@ -364,6 +374,107 @@ class SimUpstream:
         with contextlib.suppress(ConnectionResetError, ClientConnectionResetError):
             await resp.prepare(request)
             await self._stream(request, resp, c, body, fault, pieces, usage, cid, created)
+        return resp
+
+    async def _tool_call(self, request: web.Request, body: dict[str, Any], c: SimConfig,
+                         messages: list[Any]) -> web.StreamResponse:
+        assert c.tool_call is not None
+        name, args = str(c.tool_call["name"]), orjson.dumps(c.tool_call["arguments"]).decode()
+        call: dict[str, Any] = {"id": "call_" + uuid.uuid4().hex[:12], "type": "function",
+                                "function": {"name": name, "arguments": args}}
+        n_prompt = prompt_tokens(messages, False)
+        usage = {"prompt_tokens": n_prompt, "completion_tokens": 9, "total_tokens": n_prompt + 9}
+        cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        await asyncio.sleep(c.ttft)
+        if not body.get("stream"):
+            out = {"id": cid, "object": "chat.completion", "created": created, "model": c.model, "usage": usage,
+                   "choices": [{"index": 0, "finish_reason": "tool_calls",
+                                "message": {"role": "assistant", "content": None, "tool_calls": [call]}}]}
+            return web.Response(body=orjson.dumps(out), content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        deltas: list[dict[str, Any]] = [
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, "id": call["id"], "type": "function", "function": {"name": name, "arguments": ""}}]}]
+        deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": args[i:i + 8]}}]}
+                   for i in range(0, len(args), 8)]
+        for i, delta in enumerate([*deltas, {}]):
+            ev = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": c.model,
+                  "choices": [{"index": 0, "delta": delta,
+                               "finish_reason": "tool_calls" if i == len(deltas) else None}]}
+            await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            ev = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": c.model,
+                  "choices": [], "usage": usage}
+            await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        """A native /v1/responses, written from the API's documented shapes (not the router's translation)."""
+        self.requests += 1
+        c = self.config
+        if not c.responses:
+            return _err(404, "Not Found", "invalid_request_error")
+        body = orjson.loads(await request.read())
+        self.last_body = body
+        items = body.get("input")
+        items = [{"type": "message", "role": "user", "content": items}] if isinstance(items, str) else list(items or [])
+        last = items[-1] if items else {}
+        rid, created = "resp_" + uuid.uuid4().hex[:20], int(time.time())
+        output: list[dict[str, Any]] = []
+        if c.tool_call and body.get("tools") and last.get("type", "message") == "message":
+            output.append({"type": "function_call", "id": "fc_" + rid[5:], "call_id": "call_" + rid[5:17],
+                           "name": c.tool_call["name"], "arguments": orjson.dumps(c.tool_call["arguments"]).decode(),
+                           "status": "completed"})
+        else:
+            text = (f"The tool returned: {last.get('output')}" if last.get("type") == "function_call_output"
+                    else c.reply if c.reply is not None else answer_text(c.words))
+            output.append({"type": "message", "id": "msg_" + rid[5:], "status": "completed", "role": "assistant",
+                            "content": [{"type": "output_text", "text": text, "annotations": []}]})
+        usage = {"input_tokens": 20, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 12,
+                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 32}
+        final = {"id": rid, "object": "response", "created_at": created, "status": "completed", "model": c.model,
+                 "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": body.get("tools") or [],
+                 "usage": usage, "error": None, "incomplete_details": None, "store": False}
+        await asyncio.sleep(c.ttft)
+        if not body.get("stream"):
+            return web.Response(body=orjson.dumps(final), content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        seq = 0
+
+        async def ev(kind: str, **data: Any) -> None:
+            nonlocal seq
+            seq += 1
+            await resp.write(f"event: {kind}\n".encode() + b"data: " + orjson.dumps(
+                {"type": kind, "sequence_number": seq, **data}) + b"\n\n")
+
+        await ev("response.created", response={**final, "status": "in_progress", "output": [], "usage": None})
+        for i, item in enumerate(output):
+            if item["type"] == "message":
+                text = item["content"][0]["text"]
+                await ev("response.output_item.added", output_index=i, item={**item, "content": [],
+                                                                              "status": "in_progress"})
+                await ev("response.content_part.added", item_id=item["id"], output_index=i, content_index=0,
+                         part={"type": "output_text", "text": "", "annotations": []})
+                for piece in _tokens(text):
+                    await ev("response.output_text.delta", item_id=item["id"], output_index=i, content_index=0,
+                             delta=piece)
+                await ev("response.output_text.done", item_id=item["id"], output_index=i, content_index=0, text=text)
+                await ev("response.content_part.done", item_id=item["id"], output_index=i, content_index=0,
+                         part=item["content"][0])
+            else:
+                await ev("response.output_item.added", output_index=i, item={**item, "arguments": "",
+                                                                              "status": "in_progress"})
+                await ev("response.function_call_arguments.delta", item_id=item["id"], output_index=i,
+                         delta=item["arguments"])
+                await ev("response.function_call_arguments.done", item_id=item["id"], output_index=i,
+                         arguments=item["arguments"])
+            await ev("response.output_item.done", output_index=i, item=item)
+        await ev("response.completed", response=final)
+        await resp.write_eof()
         return resp
 
     async def _stream(self, request: web.Request, resp: web.StreamResponse, c: SimConfig,
