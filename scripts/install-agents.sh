@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The real-agent test tier's clients, each installed outside the repo keyed by version (their pins clash
+# with ours): aider (PyPI, its own virtualenv) and Codex CLI (npm; its binary ships inside the package).
+# Cold ~3-4 min, then nothing to do.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+AIDER=0.86.2
+PY=${PYTHON:-python3}
+VENV=${HOMELAB_CACHE:-$HOME/.cache/homelab}/venvs/aider-$AIDER
+if [ ! -x "$VENV/bin/aider" ]; then
+  echo "install-agents: installing aider-chat $AIDER into $VENV (once; ~2-3 min)" >&2
+  rm -rf "$VENV.tmp"
+  "$PY" -m venv "$VENV.tmp"
+  "$VENV.tmp/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  "$VENV.tmp/bin/python" -m pip install -q "aider-chat==$AIDER" 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV.tmp/bin/aider" --version >/dev/null  # fail loudly if the install did not take
+  rm -rf "$VENV" && mv "$VENV.tmp" "$VENV"
+  # a venv's scripts name their interpreter by path: fix them after the move
+  sed -i "1s|$VENV.tmp|$VENV|" "$VENV"/bin/* 2>/dev/null || true
+fi
+"$VENV/bin/aider" --version >/dev/null
+
+CODEX=0.171.0
+NPM_DIR=${HOMELAB_CACHE:-$HOME/.cache/homelab}/npm/codex-$CODEX
+if [ ! -x "$NPM_DIR/node_modules/.bin/codex" ]; then
+  command -v npm >/dev/null || { echo "install-agents: npm is needed for Codex CLI (apt-get install npm)" >&2; exit 1; }
+  echo "install-agents: installing @openai/codex $CODEX into $NPM_DIR (once)" >&2
+  mkdir -p "$NPM_DIR"
+  (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent "@openai/codex@$CODEX")
+fi
+"$NPM_DIR/node_modules/.bin/codex" --version >/dev/null

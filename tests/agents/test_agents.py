@@ -1,0 +1,79 @@
+"""Real agents end to end through homelab-router: Codex CLI (Responses API only) and aider (Chat Completions)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.sim_upstream.server import answer_text
+from shared.jsonl import read_jsonl
+from tests.harness import ADMIN_TOKEN, Lab
+
+FULL = answer_text(12)
+
+
+def codex_home(tmp: Path, base_url: str, model: str = "homelab/code") -> Path:
+    """The exact settings the README gives for Codex."""
+    home = tmp / "codex-home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'''model = "{model}"
+model_provider = "homelab"
+
+[model_providers.homelab]
+name = "homelab"
+base_url = "{base_url}"
+wire_api = "responses"
+''')
+    return home
+
+
+def run_codex(codex: Path, home: Path, work: Path, prompt: str) -> subprocess.CompletedProcess[str]:
+    work.mkdir(exist_ok=True)
+    env = {**os.environ, "CODEX_HOME": str(home), "NO_COLOR": "1"}
+    return subprocess.run([str(codex), "exec", "--skip-git-repo-check", prompt], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("mode", ["translate", "native"])
+def test_codex_cli_answers_through_the_router(lab: Lab, codex: Path, tmp_path: Path, mode: str) -> None:
+    if mode == "native":
+        lab.configure("ubuntu-6000", responses=True)
+        lab.policy["routes"]["ubuntu-6000"]["responses"] = "native"
+        lab.write_policy(lab.policy)
+        assert httpx.post(lab.url + "/admin/reload-config",
+                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 200
+    p = run_codex(codex, codex_home(tmp_path, lab.base_url), tmp_path / "work", "Refactor this function")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert FULL in p.stdout
+    lines = [d for d in read_jsonl(lab.log_dir / "router-decisions.jsonl") if d.get("endpoint") == "/v1/responses"]
+    assert lines and all(d["status"] == 200 and d["stream"] is True for d in lines)
+    assert lines[-1]["route"] == "ubuntu-6000"
+    if mode == "translate":  # the built-in tools Codex offers were dropped, and said so
+        assert any(e.startswith("dropped_tool:") for e in lines[-1]["events"])
+    sent = lab.sims["ubuntu-6000"].last_body or {}
+    assert ("input" in sent) == (mode == "native")
+
+
+def test_aider_edits_a_file_through_the_router(lab: Lab, aider: Path, tmp_path: Path) -> None:
+    work = tmp_path / "project"
+    work.mkdir()
+    target = work / "calc.py"
+    target.write_text("def add(a, b):\n    return a - b\n")
+    # the model's answer in aider's "whole" edit format: the file name, then the whole new file
+    lab.configure("ubuntu-6000", reply="calc.py\n```python\ndef add(a, b):\n    return a + b\n```\n")
+    env = {**os.environ, "OPENAI_API_KEY": "unused", "OPENAI_API_BASE": lab.base_url,
+           "LITELLM_LOCAL_MODEL_COST_MAP": "True", "AIDER_ANALYTICS": "false", "NO_COLOR": "1",
+           "HOME": str(tmp_path)}
+    p = subprocess.run([str(aider), "--model", "openai/homelab/code", "--edit-format", "whole", "--no-git",
+                        "--yes-always", "--no-check-update", "--no-show-model-warnings", "--no-pretty",
+                        "--no-analytics", "--map-tokens", "0", "--message", "Fix the add function (refactor it)",
+                        "calc.py"], cwd=work, env=env, capture_output=True, text=True, timeout=240,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert target.read_text() == "def add(a, b):\n    return a + b\n", p.stdout[-3000:]
+    chats = [d for d in read_jsonl(lab.log_dir / "router-decisions.jsonl") if d.get("route")]
+    assert chats and chats[-1]["endpoint"] == "/v1/chat/completions" and chats[-1]["route"] == "ubuntu-6000"
