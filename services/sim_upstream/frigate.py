@@ -5,6 +5,7 @@ For the embedded default (``homelab up`` starts one on :5000 when no Frigate is 
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 from aiohttp import web
@@ -29,6 +30,9 @@ class SimFrigate:
         self.missing_for = 0  # answer 404 this many times first (-1: forever)
         self.body = sample_jpeg()
         self.requests = 0
+        self.piece: int | None = None  # send the JPEG in pieces of this many bytes (a real network's pace)
+        self.pause = 0.0  # seconds between pieces
+        self.truncate_at: int | None = None  # announce the whole length, hang up after this many bytes
         self.app = web.Application()
         self.app.router.add_get("/api/events/{event_id}/snapshot.jpg", self._snapshot)
         self.app.router.add_get("/api/events/{event_id}/thumbnail.jpg", self._snapshot)
@@ -49,10 +53,26 @@ class SimFrigate:
     async def _version(self, request: web.Request) -> web.Response:
         return web.Response(text="0.17.0-sim")
 
-    async def _snapshot(self, request: web.Request) -> web.Response:
+    async def _snapshot(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         if self.missing_for != 0:
             if self.missing_for > 0:
                 self.missing_for -= 1
             return web.json_response({"success": False, "message": "Event not found"}, status=404)
-        return web.Response(body=self.body, content_type="image/jpeg")
+        if self.piece is None and self.truncate_at is None:
+            return web.Response(body=self.body, content_type="image/jpeg")
+        resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        resp.content_length = len(self.body)
+        await resp.prepare(request)
+        end = len(self.body) if self.truncate_at is None else self.truncate_at
+        step = self.piece or end
+        for i in range(0, end, step):
+            await resp.write(self.body[i:min(i + step, end)])
+            if self.pause:
+                await asyncio.sleep(self.pause)
+        if self.truncate_at is not None:
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        await resp.write_eof()
+        return resp

@@ -30,13 +30,7 @@ async def fetch_frigate(session: aiohttp.ClientSession, url: str, cfg: NotifierS
         try:
             async with session.get(url, timeout=aiohttp.ClientTimeout(total=cfg.snapshot_timeout)) as r:
                 if r.status == 200:
-                    size = int(r.headers.get("Content-Length") or 0)
-                    if size > cfg.snapshot_max_bytes:
-                        raise SnapshotError(f"snapshot of {size} bytes is over {cfg.snapshot_max_bytes}")
-                    body = await r.content.read(cfg.snapshot_max_bytes + 1)
-                    if len(body) > cfg.snapshot_max_bytes:
-                        raise SnapshotError(f"snapshot is over {cfg.snapshot_max_bytes} bytes")
-                    return body
+                    return await _read_whole(r, cfg.snapshot_max_bytes)
                 last = f"HTTP {r.status}"
                 if r.status != 404:
                     break
@@ -46,6 +40,26 @@ async def fetch_frigate(session: aiohttp.ClientSession, url: str, cfg: NotifierS
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
     raise SnapshotError(f"no snapshot from {url}: {last}")
+
+
+async def _read_whole(r: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, however many pieces it arrives in (one read returns only what has arrived so far),
+    capped at ``limit``; a body shorter than its Content-Length is an error, never half an image."""
+    length = r.headers.get("Content-Length")
+    size = int(length) if length and length.isdigit() else None
+    if size is not None and size > limit:
+        raise SnapshotError(f"snapshot of {size} bytes is over {limit}")
+    chunks: list[bytes] = []
+    got = 0
+    async for chunk in r.content.iter_chunked(1 << 16):
+        got += len(chunk)
+        if got > limit:
+            raise SnapshotError(f"snapshot is over {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if size is not None and len(body) != size:
+        raise aiohttp.ClientPayloadError(f"snapshot truncated: {len(body)} of {size} bytes")
+    return body
 
 
 def prepare(raw: bytes, cfg: NotifierSettings) -> bytes:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -329,3 +330,36 @@ def test_ring_mqtt_event_uses_the_snapshot_topic(bg: BackgroundLoop, broker: Bro
     assert record["snapshot"]["ok"] is True and record["stage1"]["skipped"] is False
     assert lab.sims["ubuntu-4090"].requests == 1
     assert out.json_on(topics.NOTIFY_TEXT)[0]["event_type"] == "ding"
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.002])
+def test_a_snapshot_that_arrives_in_pieces_is_read_whole(bg: BackgroundLoop, frigate: FakeFrigate,
+                                                        pause: float) -> None:
+    from services.vision_notifier.snapshot import fetch_frigate
+    from shared.settings import NotifierSettings
+
+    frigate.piece, frigate.pause = 1460, pause  # one TCP segment at a time, as over a real network
+    cfg = NotifierSettings(snapshot_retries=0)
+
+    async def fetch() -> bytes:
+        async with aiohttp.ClientSession() as s:
+            return await fetch_frigate(s, f"{frigate.url}/api/events/x/snapshot.jpg", cfg, {frigate.url[7:]})
+
+    for _ in range(5 if pause else 30):
+        assert bg.run(fetch()) == frigate.body  # every byte, every time (was: whatever had arrived)
+
+
+def test_a_truncated_snapshot_is_an_error_not_half_an_image(bg: BackgroundLoop, frigate: FakeFrigate) -> None:
+    from services.vision_notifier.snapshot import SnapshotError, fetch_frigate
+    from shared.settings import NotifierSettings
+
+    frigate.truncate_at = len(frigate.body) // 2
+    cfg = NotifierSettings(snapshot_retries=1)
+
+    async def fetch() -> bytes:
+        async with aiohttp.ClientSession() as s:
+            return await fetch_frigate(s, f"{frigate.url}/api/events/x/snapshot.jpg", cfg, {frigate.url[7:]})
+
+    with pytest.raises(SnapshotError, match="no snapshot"):
+        bg.run(fetch())
+    assert frigate.requests == 2  # a broken transfer is worth one more try
