@@ -43,8 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="one screen for the whole lab; exit 0 well, 1 something down, 2 cannot tell")
     st.add_argument("--json", action="store_true", help="the same as JSON")
     st.add_argument("--router", default=None, help="router base URL (default: HOMELAB_ROUTER_URL)")
+    hd = sub.add_parser("ha-dashboard", help="print the Home Assistant Cameras dashboard for your cameras (YAML)")
+    hd.add_argument("cameras", nargs="+", help="camera names as Frigate/Ring name them (e.g. front_door back-yard)")
     runbooks.add_arguments(sub)
     a = ap.parse_args(argv)
+    if a.cmd == "ha-dashboard":
+        import yaml
+
+        from services.vision_notifier.ha import cameras_dashboard
+
+        print("# homelab Cameras dashboard: lovelace: dashboards: homelab-cameras: {mode: yaml, "
+              "filename: dashboards/homelab_cameras.yaml, title: Cameras}")
+        print(yaml.safe_dump(cameras_dashboard(a.cameras), sort_keys=False), end="")
+        return 0
     if a.cmd == "status":
         import os
 

@@ -41,3 +41,18 @@ def camera_discovery(camera: str, doorbell: bool) -> list[tuple[str, dict[str, A
             "name": "Snapshot", "default_entity_id": ids["image"], "image_topic": t["image"],
             "content_type": "image/jpeg", **common}),
     ]
+
+
+def cameras_dashboard(cameras: list[str]) -> dict[str, Any]:
+    """The homelab Cameras dashboard (Lovelace YAML mode): per camera its snapshot, last alert and last
+    event — exactly the entities discovery creates. The phone pushes open its ``cameras`` view."""
+    cards: list[dict[str, Any]] = []
+    for camera in cameras:
+        ids = entity_ids(camera)
+        cards.append({"type": "vertical-stack", "cards": [
+            {"type": "picture-entity", "entity": ids["image"], "name": camera.replace("_", " ").title(),
+             "show_state": False},
+            {"type": "entities", "entities": [{"entity": ids["event"], "name": "Last alert"},
+                                              {"entity": ids["last"], "name": "Last event"}]}]})
+    return {"title": "homelab Cameras", "views": [
+        {"title": "Cameras", "path": "cameras", "icon": "mdi:cctv", "cards": cards}]}

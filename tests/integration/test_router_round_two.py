@@ -161,19 +161,23 @@ def test_no_usage_chunk_unless_asked(lab: Lab) -> None:
 # ---- 4. 503 with room is a failure -------------------------------------------------------------
 
 def test_an_upstream_that_503s_everything_opens_its_circuit_and_closes_after_a_good_probe(lab: Lab) -> None:
+    reload_with(lab, probe_interval=60)  # probes by hand below: no race with the background loop
+    threading.Event().wait(0.6)  # the last fast probe has run
     lab.configure("ubuntu-6000", fault="http_503", fault_probes=True)
     for _ in range(3):  # failure_threshold
         r = post(lab)
         assert (r.headers["x-homelab-route"], r.headers["x-homelab-reason"]) == ("win-5090", "ubuntu-6000_saturated")
     assert lab.svc.states["ubuntu-6000"].circuit == "open"
+    lab.bg.run(lab.svc.probe_once())  # the dead upstream 503s its probe too
     seen = lab.sims["ubuntu-6000"].requests
-    threading.Event().wait(1.0)  # past the circuit cooldown (0.5 s): the failing probes keep it open
+    threading.Event().wait(1.0)  # past the circuit cooldown (0.5 s): the failing probe keeps it open
     for _ in range(5):
         r = post(lab)
         assert r.headers["x-homelab-route"] == "spark" and r.headers["x-homelab-reason"] == "ubuntu-6000_down"
     assert lab.sims["ubuntu-6000"].requests == seen  # nobody paid a 503 round trip during the outage
     lab.configure("ubuntu-6000", fault="none")
-    wait_for(lambda: lab.svc.states["ubuntu-6000"].circuit == "closed", "a good probe to close the circuit")
+    lab.bg.run(lab.svc.probe_once())
+    assert lab.svc.states["ubuntu-6000"].circuit == "closed"  # a good probe closes it
     assert post(lab).headers["x-homelab-route"] == "ubuntu-6000"
 
 
