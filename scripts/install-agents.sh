@@ -7,16 +7,13 @@ cd "$(dirname "$0")/.."
 AIDER=0.86.2
 PY=${PYTHON:-python3}
 VENV=${HOMELAB_CACHE:-$HOME/.cache/homelab}/venvs/aider-$AIDER
-if [ ! -x "$VENV/bin/aider" ]; then
+if [ ! -f "$VENV/.homelab-ready" ]; then
   echo "install-agents: installing aider-chat $AIDER into $VENV (once; ~2-3 min)" >&2
-  rm -rf "$VENV.tmp"
-  "$PY" -m venv "$VENV.tmp"
-  "$VENV.tmp/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  "$VENV.tmp/bin/python" -m pip install -q "aider-chat==$AIDER" 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV.tmp/bin/aider" --version >/dev/null  # fail loudly if the install did not take
-  rm -rf "$VENV" && mv "$VENV.tmp" "$VENV"
-  # a venv's scripts name their interpreter by path: fix them after the move
-  sed -i "1s|$VENV.tmp|$VENV|" "$VENV"/bin/* 2>/dev/null || true
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  "$VENV/bin/python" -m pip install -q "aider-chat==$AIDER" 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/aider" --version >/dev/null  # fail loudly if the install did not take
+  touch "$VENV/.homelab-ready"
 fi
 "$VENV/bin/aider" --version >/dev/null
 

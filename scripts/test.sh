@@ -7,4 +7,6 @@ cd "$(dirname "$0")/.."
 bash scripts/install-engine.sh
 # the real-agent tier: aider (PyPI) and Codex CLI (npm), each outside the repo (cold ~3-4 min, then nothing)
 bash scripts/install-agents.sh
+# the real-Home-Assistant tier: HA 2025.4.4 on Python >= 3.13, outside the repo (cold ~3-4 min, ~0.8 GB)
+bash scripts/install-ha.sh
 exec .venv/bin/pytest "$@"

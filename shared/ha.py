@@ -39,4 +39,7 @@ def discovery(component: str, node: str, obj: str, config: dict[str, Any]) -> tu
     """``homeassistant/<component>/<node>/<object>/config`` with origin and unique_id filled in."""
     node_id, oid = object_id(node), object_id(obj)
     payload = {"unique_id": object_id(node, obj), "origin": ORIGIN, **config}
+    if "default_entity_id" in config and "object_id" not in config:
+        # Home Assistant before 2025.10 names the entity from object_id (default_entity_id is newer)
+        payload["object_id"] = str(config["default_entity_id"]).split(".", 1)[1]
     return f"{HA_PREFIX}/{component}/{node_id}/{oid}/config", payload

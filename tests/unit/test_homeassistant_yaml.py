@@ -81,3 +81,22 @@ def test_system_health_dashboard_references_exactly_what_the_bridge_creates() ->
     referenced = set(ENTITY.findall(dashboard.read_text()))
     assert referenced == created
     assert "sensor.spark_gpu0_memory_used" not in referenced  # unified memory: no VRAM sensor
+
+
+def test_blueprint_says_which_home_assistant_it_needs() -> None:
+    bp = load(HA / "blueprints" / "automation" / "homelab" / "camera_push.yaml")["blueprint"]
+    assert bp["homeassistant"]["min_version"] >= "2024.10.0"  # triggers:/conditions:/actions: syntax
+
+
+def test_choices_made_in_the_ui_are_not_overwritten_at_start() -> None:
+    package = load(HA / "packages" / "homelab_notify.yaml")
+    for domain in ("input_text", "input_boolean", "input_datetime"):
+        for name, cfg in package[domain].items():
+            assert "initial" not in cfg, f"{domain}.{name}: `initial:` overrides what the user set at every restart"
+
+
+def test_pushes_open_a_view_the_project_ships() -> None:
+    package = (HA / "packages" / "homelab_notify.yaml").read_text()
+    views = {f"/homelab-cameras/{v['path']}" for v in load(HA / "dashboards" / "homelab_cameras.yaml")["views"]}
+    for target in re.findall(r"'clickAction': '([^']+)'", package):
+        assert target in views

@@ -1,0 +1,296 @@
+"""Against a running Home Assistant 2025.4.4 fed by the real pipeline: the push a phone gets (as the
+call Home Assistant makes to a stand-in phone) and the entities a person sees."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from services.dedup.main import main as dedup_main
+from services.frigate_consumer.main import main as frigate_main
+from services.netdata_bridge.main import main as netdata_main
+from services.vision_notifier.ha import entity_ids
+from services.vision_notifier.main import main as notifier_main
+from shared import topics
+from shared.settings import NetdataSettings, NotifierSettings, Settings
+from tests.broker import Broker
+from tests.frigate_http import FakeFrigate
+from tests.ha.hass import PHONE, HomeAssistant, Phone, Push
+from tests.harness import BackgroundLoop, Lab
+from tests.netdata_http import FakeParent, lab_hosts
+from tests.pipeline import Collector, Service, publish
+
+CAMERAS = ["front_door", "back-yard", "Garden Cam"]  # a hyphen, a space and capitals too
+POSITIVE = {"verdict": "positive", "confidence": 0.9, "objects": ["person"], "summary": "A person at the door"}
+
+
+@dataclass
+class World:
+    bg: BackgroundLoop
+    broker: Broker
+    ha: HomeAssistant
+    phone: Phone
+    lab: Lab
+    frigate: FakeFrigate
+    settings: Settings
+    services: list[Service]
+
+
+@pytest.fixture(scope="module")
+def world(bg: BackgroundLoop, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("ha")
+    broker = Broker(tmp / "broker")
+    phone = Phone(bg)
+    phone.start()
+    (tmp / "lab").mkdir()
+    lab = Lab(bg, tmp / "lab", mqtt_url=broker.url())
+    lab.configure("ubuntu-4090", json_answer=POSITIVE)
+    frigate = FakeFrigate(bg)
+    parent = FakeParent(bg, lab_hosts())
+    birth = Collector(bg, broker.url(), topics.HA_STATUS)
+    ha = HomeAssistant(tmp / "config", int(broker.url().rsplit(":", 1)[1]), phone.port, CAMERAS)
+    ha.start()
+    assert birth.wait(lambda: b"online" in birth.on(topics.HA_STATUS), 30), "no MQTT birth message from HA"
+    birth.close()
+    settings = Settings(mqtt_url=broker.url(), router_url=lab.base_url, frigate_url=frigate.url,
+                        netdata_url=parent.url, state_dir=tmp / "state", log_dir=tmp / "logs",
+                        notifier=NotifierSettings(classifier_timeout=5, senior_timeout=5, channel_timeout=3,
+                                                  snapshot_retries=2, ha_state_delay=0.3),
+                        netdata=NetdataSettings(interval=2))
+    services = [Service(bg, m, settings) for m in (frigate_main, dedup_main, notifier_main, netdata_main)]
+    w = World(bg, broker, ha, phone, lab, frigate, settings, services)
+    try:
+        yield w
+    finally:
+        for s in services:
+            if s.alive():
+                s.stop()
+        ha.stop()
+        parent.close()
+        frigate.close()
+        lab.close()
+        phone.stop()
+        broker.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh(world: World) -> Iterator[None]:
+    """Each test starts with the phone chosen, pushes on, no quiet hours, no blueprint hand-off."""
+    ha = world.ha
+    ha.call("input_text", "set_value", entity_id="input_text.homelab_notify_target", value=PHONE)
+    ha.call("input_text", "set_value", entity_id="input_text.homelab_cameras_via_blueprint", value="")
+    ha.call("input_boolean", "turn_off", entity_id="input_boolean.homelab_pushes_paused")
+    ha.call("input_boolean", "turn_off", entity_id="input_boolean.homelab_quiet_hours")
+    ha.call("persistent_notification", "dismiss_all")
+    world.phone.pushes.clear()
+    yield
+
+
+def frigate_event(w: World, camera: str) -> str:
+    fid = f"{time.time():.6f}-{camera.replace(' ', '')}"
+    obj = {"id": fid, "camera": camera, "label": "person", "score": 0.9, "top_score": 0.9, "false_positive": False,
+           "start_time": time.time(), "end_time": None, "current_zones": [], "entered_zones": []}
+    publish(w.bg, w.broker.url(), [("frigate/events", orjson.dumps({"type": "new", "before": obj, "after": obj}))])
+    return f"frigate:{fid}"
+
+
+def notify(w: World, camera: str, event_type: str = "person", tag: str | None = None) -> str:
+    """What the notifier publishes for an event (text, then rich), for tests of HA's side alone."""
+    tag = tag or f"t-{time.time_ns()}"
+    text = {"event_id": tag, "trace_id": tag, "camera": camera, "title": f"{camera}: person", "message": "A person",
+            "tag": tag, "event_type": event_type, "verdict": "positive", "degraded": False}
+    rich = {**text, "message": "A person at the door", "description": "A person at the door", "has_image": False,
+            "image": "/api/image_proxy/x"}
+    publish(w.bg, w.broker.url(), [(topics.NOTIFY_TEXT, orjson.dumps(text)), (topics.NOTIFY_RICH, orjson.dumps(rich))])
+    return tag
+
+
+def settle(w: World, seconds: float = 2.0) -> list[Push]:
+    time.sleep(seconds)
+    return list(w.phone.pushes)
+
+
+def notifications(ha: HomeAssistant) -> list[dict[str, Any]]:
+    r = httpx.get(ha.url + "/api/states", headers=ha.headers, timeout=10)
+    return [s for s in r.json() if s["entity_id"].startswith("persistent_notification.")] or _ws_notifications(ha)
+
+
+def _ws_notifications(ha: HomeAssistant) -> list[dict[str, Any]]:
+    """Persistent notifications are not states since 2023.6: read them through the websocket API."""
+    import asyncio
+
+    import aiohttp
+
+    async def go() -> list[dict[str, Any]]:
+        async with aiohttp.ClientSession() as s, s.ws_connect(ha.url + "/api/websocket") as ws:
+            await ws.receive_json()
+            await ws.send_json({"type": "auth", "access_token": ha.token})
+            await ws.receive_json()
+            await ws.send_json({"id": 1, "type": "persistent_notification/get"})
+            msg = await ws.receive_json()
+            return list(msg.get("result") or [])
+
+    return asyncio.run(go())
+
+
+# ---- discovery: what a person sees --------------------------------------------------------------
+
+def test_discovery_gives_every_entity_with_state_and_availability(world: World) -> None:
+    for camera in CAMERAS:
+        frigate_event(world, camera)
+    world.phone.wait(2 * len(CAMERAS))
+    ha = world.ha
+    for camera in CAMERAS:
+        ids = entity_ids(camera)
+        for eid in ids.values():
+            st = ha.state(eid)
+            assert st is not None, f"{eid} was not created"
+            assert st["state"] not in ("unavailable", "unknown"), (eid, st["state"])
+    for route in ("ubuntu-4090", "ubuntu-6000", "win-5090", "spark"):
+        r = route.replace("-", "_")
+        st = ha.state(f"binary_sensor.router_{r}_healthy")
+        assert st is not None and st["state"] == "on", (route, st)
+    deadline = time.monotonic() + 20
+    while (ha.state("sensor.workstation_cpu") or {}).get("state") in (None, "unknown", "unavailable") \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert float(ha.state("sensor.workstation_cpu")["state"]) > 0  # type: ignore[index]
+    assert ha.state("sensor.ubuntu_4090_gpu0_temperature")["state"] == "71.0"  # type: ignore[index]
+    assert ha.state("sensor.spark_gpu0_memory_used") is None  # unified memory: no VRAM sensor
+
+
+# ---- the push a phone gets ------------------------------------------------------------------------
+
+def test_one_frigate_event_gives_one_text_then_one_rich_call(world: World) -> None:
+    event_id = frigate_event(world, "front_door")
+    pushes = world.phone.wait(2)
+    pushes = settle(world, 1.5)  # and nothing more comes
+    assert len(pushes) == 2, [(p.title, p.message) for p in pushes]
+    text, rich = pushes
+    assert text.data["tag"] == rich.data["tag"] == event_id
+    assert text.message == "A person at the door" and text.data["priority"] == "high"
+    assert rich.message.startswith("The simulated answer") and rich.data["clickAction"] == "/homelab-cameras/cameras"
+    # the image URL is one HA's image proxy serves, with the snapshot the notifier published
+    image = rich.data["image"]
+    r = httpx.get(world.ha.url + image, headers=world.ha.headers, timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content[:2] == b"\xff\xd8"
+
+
+def test_no_snapshot_means_no_image_key(world: World) -> None:
+    world.frigate.missing_for = -1  # Frigate never has the snapshot
+    try:
+        frigate_event(world, "front_door")
+        _, rich = world.phone.wait(2)
+    finally:
+        world.frigate.missing_for = 0
+    assert "image" not in rich.data  # omitted, not image: ""
+
+
+def test_a_degraded_description_reads_as_a_person_writes_it(world: World) -> None:
+    world.lab.stop_upstream("spark")
+    try:
+        frigate_event(world, "front_door")
+        _, rich = world.phone.wait(2)
+    finally:
+        world.lab.start_upstream("spark")
+    assert rich.message.endswith("(description unavailable: senior model offline).")
+    for internal in ("503", "spark", "127.0.0.1", "HTTP"):
+        assert internal not in rich.message
+
+
+@pytest.mark.parametrize("camera", CAMERAS)
+def test_every_camera_name_notifies(world: World, camera: str) -> None:
+    event_id = frigate_event(world, camera)
+    pushes = world.phone.wait(2)
+    assert [p.data.get("tag") for p in pushes] == [event_id, event_id]
+
+
+def test_quiet_hours_hold_back_all_but_a_doorbell_ring(world: World) -> None:
+    ha = world.ha
+    now = datetime.now(UTC)
+    start, end = (now - timedelta(hours=1)).strftime("%H:%M:%S"), (now + timedelta(hours=1)).strftime("%H:%M:%S")
+    ha.call("input_datetime", "set_datetime", entity_id="input_datetime.homelab_quiet_start", time=start)
+    ha.call("input_datetime", "set_datetime", entity_id="input_datetime.homelab_quiet_end", time=end)
+    ha.call("input_boolean", "turn_on", entity_id="input_boolean.homelab_quiet_hours")
+    notify(world, "front_door", "person")
+    assert settle(world) == []  # quiet: nothing at all, neither text nor rich
+    notify(world, "front_door", "ding")
+    assert len(world.phone.wait(2)) == 2  # a ring gets through
+    ha.call("input_boolean", "turn_off", entity_id="input_boolean.homelab_quiet_hours")
+    world.phone.pushes.clear()
+    notify(world, "front_door", "person")
+    assert len(world.phone.wait(2)) == 2
+
+
+def test_pause_switch(world: World) -> None:
+    world.ha.call("input_boolean", "turn_on", entity_id="input_boolean.homelab_pushes_paused")
+    notify(world, "front_door")
+    assert settle(world) == []
+
+
+@pytest.mark.parametrize("camera", ["front_door", "back-yard", "Garden Cam"])
+def test_a_camera_handed_to_the_blueprint_gets_one_push_and_a_cooldown(world: World, camera: str) -> None:
+    world.ha.call("input_text", "set_value", entity_id="input_text.homelab_cameras_via_blueprint",
+                  value=", ".join(CAMERAS))
+    notify(world, camera)
+    pushes = settle(world, 2.5)
+    assert len(pushes) == 1, [(p.title, p.message) for p in pushes]  # the blueprint's one push, not three
+    assert pushes[0].message == "A person at the door"
+    notify(world, camera)  # a second alert inside the cooldown
+    assert len(settle(world, 2.0)) == 1
+
+
+def test_a_missing_phone_still_reaches_the_user(world: World) -> None:
+    world.ha.call("input_text", "set_value", entity_id="input_text.homelab_notify_target", value="")
+    notify(world, "front_door")
+    time.sleep(2)
+    notes = _ws_notifications(world.ha)
+    assert any("A person at the door" in n["message"] and "choose one" in n["message"] for n in notes), notes
+
+
+@pytest.mark.parametrize("topic", ["camera", "alert"])
+def test_a_wrong_phone_still_reaches_the_user(world: World, topic: str) -> None:
+    world.ha.call("input_text", "set_value", entity_id="input_text.homelab_notify_target", value="mobile_app_pixel_9")
+    if topic == "camera":
+        notify(world, "front_door")
+        want = "A person at the door"
+    else:
+        publish(world.bg, world.broker.url(), [("homelab/alert", orjson.dumps(
+            {"title": "homelab: upstream_health", "message": "spark is down"}))])
+        want = "spark is down"
+    deadline = time.monotonic() + 15
+    notes: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        notes = _ws_notifications(world.ha)
+        if any(n.get("notification_id") == "homelab_push_failed" for n in notes):
+            break
+        time.sleep(0.3)
+    failed = [n for n in notes if n.get("notification_id") == "homelab_push_failed"]
+    assert failed, notes
+    assert want in failed[0]["message"] and "mobile_app_pixel_9" in failed[0]["message"]
+
+
+def test_the_phone_chosen_in_the_ui_survives_a_restart(world: World) -> None:
+    ha = world.ha
+    ha.call("input_text", "set_value", entity_id="input_text.homelab_notify_target", value="mobile_app_pixel_9")
+    ha.call("input_boolean", "turn_on", entity_id="input_boolean.homelab_quiet_hours")
+    ha.restart()
+    assert ha.state("input_text.homelab_notify_target")["state"] == "mobile_app_pixel_9"  # type: ignore[index]
+    assert ha.state("input_boolean.homelab_quiet_hours")["state"] == "on"  # type: ignore[index]
+
+
+def test_the_shipped_yaml_loads_without_errors(world: World) -> None:
+    errors = [e for e in world.ha.errors() if "homelab" in e or "blueprint" in e or "package" in e.lower()]
+    assert not [e for e in errors if "not found" not in e], errors  # (a wrong phone is logged on purpose)
+    automations = world.ha.template("{{ states.automation | map(attribute='entity_id') | list }}")
+    for a in ("homelab_fast_camera_push", "homelab_camera_push_with_description_and_snapshot",
+              "homelab_front_door_push_quiet_hours_2_min_cooldown"):
+        assert a in automations, automations
