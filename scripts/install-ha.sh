@@ -10,9 +10,9 @@ VENV=${HOMELAB_CACHE:-$HOME/.cache/homelab}/venvs/ha-$HA
 # the integrations the tier's configuration loads (their dependencies are followed)
 DOMAINS="frontend mqtt rest notify automation script input_text input_boolean input_datetime
 persistent_notification system_log image event sensor binary_sensor lovelace config http api logger
-blueprint homeassistant"
+blueprint homeassistant history recorder"
 
-if [ -x "$VENV/bin/hass" ] && [ -f "$VENV/.homelab-ready" ]; then
+if [ -x "$VENV/bin/hass" ] && [ "$(cat "$VENV/.homelab-ready" 2>/dev/null)" = "$(echo $DOMAINS)" ]; then
   exit 0
 fi
 PY=""
@@ -54,4 +54,4 @@ if [ -n "$REQS" ]; then
   "$VENV/bin/python" -m pip install -q $REQS 2>&1 | grep -v '^WARNING: Location' || true
 fi
 "$VENV/bin/hass" --version >/dev/null
-touch "$VENV/.homelab-ready"
+echo $DOMAINS > "$VENV/.homelab-ready"

@@ -8,6 +8,8 @@ need=""
 command -v mosquitto >/dev/null 2>&1 || need="$need mosquitto"
 command -v mosquitto_passwd >/dev/null 2>&1 || need="$need mosquitto"
 command -v netdata >/dev/null 2>&1 || need="$need netdata"
+# what a person sees is tested in a real browser: Debian's chromium, headless
+[ -x /usr/bin/chromium ] || need="$need chromium"
 if [ -n "$need" ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null

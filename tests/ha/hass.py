@@ -151,6 +151,9 @@ http:
   server_port: {self.port}
 frontend:
 config:
+history:
+recorder:
+  commit_interval: 1
 automation: !include automations.yaml
 lovelace:
   mode: storage

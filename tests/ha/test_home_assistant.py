@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -293,3 +294,52 @@ def test_the_shipped_yaml_loads_without_errors(world: World) -> None:
     for a in ("homelab_fast_camera_push", "homelab_camera_push_with_description_and_snapshot",
               "homelab_front_door_push_quiet_hours_2_min_cooldown"):
         assert a in automations, automations
+
+
+# ---- what a person sees: the dashboards in a real browser ----------------------------------------
+
+VIEWS = [("system-health", "overview"), ("system-health", "gpus"), ("system-health", "storage"),
+         ("homelab-cameras", "cameras")]
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+def test_dashboards_in_a_real_browser(world: World, tmp_path: Path) -> None:
+    """Debian's Chromium, headless, logged in with the owner's token: every card shows a live entity."""
+    import os
+
+    from playwright.sync_api import sync_playwright
+
+    for camera in ("front_door", "back-yard", "Garden Cam"):
+        frigate_event(world, camera)
+    world.phone.wait(6)
+    out = Path(os.environ.get("HOMELAB_SCREENSHOTS_DIR") or tmp_path)  # =docs/screenshots to refresh the docs
+    out.mkdir(parents=True, exist_ok=True)
+    ha = world.ha
+    tokens = orjson.dumps({"access_token": ha.token, "token_type": "Bearer", "expires_in": 315360000,
+                           "hassUrl": ha.url, "clientId": ha.url + "/", "expires": int(time.time() * 1000) + 10**12,
+                           "refresh_token": ""}).decode()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(ha.url + "/auth/authorize?response_type=code")  # any page of HA's origin
+            page.evaluate(f"localStorage.setItem('hassTokens', JSON.stringify({tokens}))")
+            for dashboard, view in VIEWS:
+                page.goto(f"{ha.url}/{dashboard}/{view}")
+                page.wait_for_selector("hui-view, hui-panel-view, hui-sections-view", timeout=30_000)
+                cards = page.locator("hui-entities-card, hui-picture-entity-card, hui-glance-card, "
+                                     "hui-gauge-card, hui-sensor-card, hui-tile-card")
+                cards.first.wait_for(timeout=30_000)
+                page.wait_for_timeout(1500)  # images and history settle
+                page.screenshot(path=str(out / f"{dashboard}-{view}.png"), full_page=True)
+                assert cards.count() > 0, f"{dashboard}/{view}: no cards"
+                missing = page.locator("hui-warning").all_inner_texts()
+                assert not missing, f"{dashboard}/{view}: {missing}"  # "Entity not available: …"
+                body = page.locator("home-assistant").inner_text()
+                for broken in ("Unavailable", "Entity not available", "History integration disabled"):
+                    assert broken not in body, f"{dashboard}/{view}: {broken}"
+        finally:
+            browser.close()
+    assert sorted(f.name for f in out.glob("*.png")) == sorted(f"{d}-{v}.png" for d, v in VIEWS)
