@@ -39,7 +39,7 @@ PROFILES = {"lab": {"ubuntu-4090": {"ttft": 0.6}, "spark": {"ttft": 5.0, "per_to
 
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(p * (len(xs) - 1)))]
 
 
 def main() -> int:

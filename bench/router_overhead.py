@@ -174,9 +174,10 @@ def main() -> int:
     json_port, sse_port, router_port = free_port(), free_port(), free_port()
     nginx = subprocess.Popen(["nginx", "-c", str(nginx_conf(tmp, json_port, sse_port)), "-g", "daemon off;"],
                              stderr=subprocess.DEVNULL)
-    env = {**os.environ, "HOMELAB_LOG_DIR": str(tmp / "logs")}
+    env = {**os.environ, "HOMELAB_LOG_DIR": str(tmp / "logs"), "HOMELAB_ADMIN_TOKEN": "bench"}
+    policy = bench_policy(tmp, json_port, sse_port)
     router = subprocess.Popen([str(ROOT / ".venv/bin/homelab-router"), "--policy",
-                               str(bench_policy(tmp, json_port, sse_port)), "--port", str(router_port),
+                               str(policy), "--port", str(router_port),
                                "--log-level", "warning"], env=env)
     try:
         for _ in range(100):
@@ -201,6 +202,19 @@ def main() -> int:
             rd = wrk(sse_direct, SBODY, conns, d)
             rr = wrk(via, chat, conns, d)
             srows.append((conns, rd, rr))
+        # the same JSON load with a shadow policy loaded (every request decided twice)
+        candidate = yaml.safe_load(policy.read_text())
+        candidate["buckets"]["coding"]["route"] = "spark"
+        candidate["size_promotions"]["table"]["coding"] = ["spark", "spark", "spark"]
+        candidate["examples"] = [e for e in candidate.get("examples", []) if e.get("expect_bucket") != "coding"]
+        loaded = subprocess.run(["curl", "-sf", "-o", "/dev/null", "-X", "POST", "-H", "Authorization: Bearer bench",
+                                 "--data-binary", yaml.safe_dump(candidate), f"http://127.0.0.1:{router_port}/admin/shadow"])
+        assert loaded.returncode == 0, "shadow policy refused"
+        shadow_rows = []
+        for conns in (1, 32):
+            rd = wrk(direct, BODY, conns, d)
+            rr = wrk(via, BODY, conns, d)
+            shadow_rows.append((conns, rd, rr))
         td = asyncio.run(ttfb(sse_direct, SBODY, 300))
         # through the router, pinned to the route whose upstream streams (win-5090 = homelab/chat)
         tr = asyncio.run(ttfb(via, SBODY.replace("homelab/auto", "homelab/chat"), 300))
@@ -216,15 +230,15 @@ def main() -> int:
              "| added p99 ms | direct req/s | router req/s | router errors |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for conns, rd, rr in rows:
-        lines.append(f"| {conns} | {rd['p50']:.3f} | {rr['p50']:.3f} | {rr['p50'] - rd['p50']:.3f} | "
-                     f"{rd['p99']:.3f} | {rr['p99']:.3f} | {rr['p99'] - rd['p99']:.3f} | {rd['rps']:.0f} | "
-                     f"{rr['rps']:.0f} | {rr['errors']} |")
+        lines.append(_row(conns, rd, rr))
     lines += ["", f"Streaming ({len(WORDS)} content chunks + finish + [DONE] per answer):", "",
               lines[0], lines[1]]
     for conns, rd, rr in srows:
-        lines.append(f"| {conns} | {rd['p50']:.3f} | {rr['p50']:.3f} | {rr['p50'] - rd['p50']:.3f} | "
-                     f"{rd['p99']:.3f} | {rr['p99']:.3f} | {rr['p99'] - rd['p99']:.3f} | {rd['rps']:.0f} | "
-                     f"{rr['rps']:.0f} | {rr['errors']} |")
+        lines.append(_row(conns, rd, rr))
+    lines += ["", "JSON with a shadow policy loaded (each request also decided by a candidate policy):", "",
+              lines[0], lines[1]]
+    for conns, rd, rr in shadow_rows:
+        lines.append(_row(conns, rd, rr))
     md, mr = statistics.median(td), statistics.median(tr)
     lines += ["", f"Streaming time to first byte (300 sequential, median): direct {md:.3f} ms, router {mr:.3f} ms, "
               f"added {mr - md:.3f} ms", "", f"Router RSS after the run: {rss:.1f} MB", "",
@@ -237,6 +251,12 @@ def main() -> int:
         _write_results("router", f"`.venv/bin/python bench/router_overhead.py --duration {d} --write`", report)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def _row(conns: int, rd: dict[str, Any], rr: dict[str, Any]) -> str:
+    return (f"| {conns} | {rd['p50']:.3f} | {rr['p50']:.3f} | {rr['p50'] - rd['p50']:.3f} | "
+            f"{rd['p99']:.3f} | {rr['p99']:.3f} | {rr['p99'] - rd['p99']:.3f} | {rd['rps']:.0f} | "
+            f"{rr['rps']:.0f} | {rr['errors']} |")
 
 
 def _write_results(section: str, command: str, report: str) -> None:

@@ -378,28 +378,34 @@ def create_app(settings: RouterSettings, router: Router | None = None) -> FastAP
             raise RequestError("Missing or wrong admin bearer token", status=401,
                                type_="authentication_error", code="invalid_token")
 
+    def decided(request: Request, request_id: str, started: float, chat_body: Any, **extra: Any) -> Ctx:
+        """Preflight and the routing decision (the shadow policy decides it too, off the answer's path)."""
+        pre = preflight(chat_body)
+        router = svc.router
+        header_route = request.headers.get("x-homelab-route")
+        decision = router.decide(
+            model=pre.model, text=pre.text, has_image=pre.has_image, tokens=pre.tokens,
+            header_route=header_route, metadata_bucket=pre.metadata.get("homelab_bucket"),
+        )
+        if svc.shadow is not None:
+            asyncio.get_running_loop().call_soon(svc.observe_shadow, request_id, decision, pre, header_route)
+        return Ctx(request_id, chat_body, pre, decision, router.policy, started, **extra)
+
+    def refused(request: Request, exc: RequestError, request_id: str) -> Response:
+        rejected(request, exc.status, exc.code or exc.type, exc.message, request_id)
+        return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type=JSON,
+                        headers={"X-Request-Id": request_id})
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         started = time.perf_counter()
         request_id = os.urandom(8).hex()
         try:
-            body = await _read_body(request, settings.max_body)
-            pre = preflight(body)
-            router = svc.router
-            header_route = request.headers.get("x-homelab-route")
-            decision = router.decide(
-                model=pre.model, text=pre.text, has_image=pre.has_image, tokens=pre.tokens,
-                header_route=header_route, metadata_bucket=pre.metadata.get("homelab_bucket"),
-            )
-            if svc.shadow is not None:
-                asyncio.get_running_loop().call_soon(svc.observe_shadow, request_id, decision, pre, header_route)
-            ctx = Ctx(request_id, body, pre, decision, router.policy, started)
+            ctx = decided(request, request_id, started, await _read_body(request, settings.max_body))
             assert svc.dispatcher is not None
             return await svc.dispatcher.chat(ctx)
         except RequestError as exc:
-            rejected(request, exc.status, exc.code or exc.type, exc.message, request_id)
-            return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type=JSON,
-                            headers={"X-Request-Id": request_id})
+            return refused(request, exc, request_id)
         except Exception:
             return internal_error("chat", request_id)
 
@@ -413,35 +419,23 @@ def create_app(settings: RouterSettings, router: Router | None = None) -> FastAP
         try:
             body = await _read_body(request, settings.max_body)
             tr = to_chat(body)
-            pre = preflight(tr.chat)
-            router = svc.router
-            header_route = request.headers.get("x-homelab-route")
-            decision = router.decide(
-                model=pre.model, text=pre.text, has_image=pre.has_image, tokens=pre.tokens,
-                header_route=header_route, metadata_bucket=pre.metadata.get("homelab_bucket"),
-            )
-            if svc.shadow is not None:
-                asyncio.get_running_loop().call_soon(svc.observe_shadow, request_id, decision, pre, header_route)
-            ctx = Ctx(request_id, tr.chat, pre, decision, router.policy, started, endpoint="/v1/responses",
-                      responses=body)
+            ctx = decided(request, request_id, started, tr.chat, endpoint="/v1/responses", responses=body)
             ctx.events.extend(tr.notes)
             assert svc.dispatcher is not None
             resp = await svc.dispatcher.chat(ctx)
-            final = router.policy.routes.get(ctx.final_route or "")
+            final = ctx.policy.routes.get(ctx.final_route or "")
             if resp.status_code != 200 or final is None or ctx.native(final):
                 return resp  # an error (OpenAI-shaped), or the engine's own Responses answer
             if isinstance(resp, RelayResponse):
                 return resp.rewrap(StreamTranslator(body, request_id).translate)
             headers = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-")}
-            if pre.stream:
+            if ctx.pre.stream:
                 out = StreamTranslator(body, request_id).feed_bytes(bytes(resp.body))
                 return Response(out, media_type="text/event-stream", headers=headers)
             answer = to_response(orjson.loads(resp.body), body, request_id)
             return Response(orjson.dumps(answer), media_type=JSON, headers=headers)
         except RequestError as exc:
-            rejected(request, exc.status, exc.code or exc.type, exc.message, request_id)
-            return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type=JSON,
-                            headers={"X-Request-Id": request_id})
+            return refused(request, exc, request_id)
         except Exception:
             return internal_error("responses", request_id)
 

@@ -776,8 +776,7 @@ class Dispatcher:
             # response, no relay to run, the slot and the upstream connection free at once.
             release()
             _done_with(resp)
-            self._log_attempt_usage(ctx, track)
-            self.finish(ctx, name)
+            self._completed(ctx, name, track)
             return Outcome("ok", response=Response(_join(buffered) + DONE, media_type="text/event-stream",
                                                    headers=headers))
         gen = self._relay(ctx, name, route, resp, sse, buffered, track, first_end)
@@ -795,12 +794,6 @@ class Dispatcher:
         fault: UpstreamFault | None = first_end if isinstance(first_end, UpstreamFault) else None
         completed = False
         try:
-            if first_end is True:  # the whole answer came in the first read
-                completed = True
-                self._log_attempt_usage(ctx, track)
-                self.finish(ctx, name)
-                yield _join(buffered) + DONE
-                return
             if buffered:
                 yield _join(buffered)
             while fault is None:
@@ -819,19 +812,17 @@ class Dispatcher:
                     if not track.finished:
                         raise UpstreamFault("stream_cut", "upstream closed the stream mid-answer")
                     completed = True
-                    self._log_attempt_usage(ctx, track)
                     if track.native:  # a Responses stream ends with response.completed: no [DONE] there
-                        self.finish(ctx, name)
+                        self._completed(ctx, name, track)
                         return
                     ctx.events.append("finalised_without_done")
-                    self.finish(ctx, name)
+                    self._completed(ctx, name, track)
                     yield DONE
                     return
                 out, done, fault = _consume(track, batch)
                 if done:
                     completed = True
-                    self._log_attempt_usage(ctx, track)
-                    self.finish(ctx, name)
+                    self._completed(ctx, name, track)
                     yield _join(out) + DONE
                     return
                 if out:
@@ -868,10 +859,12 @@ class Dispatcher:
             self.finish(ctx, name)
             yield b"data: " + orjson.dumps(body) + b"\n\n"
 
-    @staticmethod
-    def _log_attempt_usage(ctx: Ctx, track: _StreamTrack) -> None:
+    def _completed(self, ctx: Ctx, name: str, track: _StreamTrack) -> None:
+        """A stream that ended well: its usage on the record, then the decision-log line (before the
+        last bytes go out, so a client that reads the log after [DONE] finds it)."""
         if track.usage is not None and ctx.attempts:
             ctx.attempts[-1]["usage"] = track.usage
+        self.finish(ctx, name)
 
     async def _continue(self, ctx: Ctx, name: str, route: Route,
                         track: _StreamTrack) -> AsyncIterator[bytes]:
