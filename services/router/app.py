@@ -23,12 +23,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from services.router.decide import Router, check_examples
+from services.router.decide import Decision, Router, check_examples
 from services.router.errors import PolicyError, RequestError, error_body
 from services.router.metrics import Metrics
 from services.router.mqtt_state import RouterMqtt, snapshot_of
 from services.router.policy import Policy, load_policy, parse_policy
-from services.router.preflight import EmbeddingsRequest, preflight
+from services.router.preflight import EmbeddingsRequest, Preflight, preflight
 from services.router.proxy import JSON, Ctx, Dispatcher, RelayResponse
 from services.router.responses import StreamTranslator, to_chat, to_response
 from services.router.shadow import Shadow, refuse_commands
@@ -269,7 +269,7 @@ class RouterService:
         self.router = router  # one assignment: requests in flight keep the policy they started with
         return router
 
-    def observe_shadow(self, request_id: str, decision: Any, pre: Any, header_route: str | None) -> None:
+    def observe_shadow(self, request_id: str, decision: Decision, pre: Preflight, header_route: str | None) -> None:
         """Decide a live request by the shadow policy too (scheduled after the live decision, no I/O)."""
         shadow = self.shadow
         if shadow is None:

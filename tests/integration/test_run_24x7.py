@@ -142,16 +142,25 @@ def test_router_log_format_json_on_stderr(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "services.router.cli", "--port", port, "--log-format", "json",
                              "--policy", str(ROOT / "config" / "routing_policy.yaml")],  # nothing listens there
                             cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
     try:
-        time.sleep(3)  # long enough for the first probes of the (absent) upstreams to fail
+        deadline = time.monotonic() + 30  # bounded: the first probes of the absent upstreams fail at once
+        while sum("is now down" in x for x in lines) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # and no second line for the same state
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=10)
-    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    assert lines, err
-    assert all({"ts", "level", "logger", "message"} <= set(x) for x in lines)
-    assert any("is now down" in x["message"] for x in lines)  # a state change, once per route
-    assert len([x for x in lines if "ubuntu-4090 is now down" in x["message"]]) == 1
+        proc.wait(10)
+        reader.join(5)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert records, lines
+    assert all({"ts", "level", "logger", "message"} <= set(x) for x in records)
+    assert any("is now down" in x["message"] for x in records)  # a state change, once per route
+    assert len([x for x in records if "ubuntu-4090 is now down" in x["message"]]) == 1
 
 
 def _free_port() -> int:
