@@ -381,6 +381,64 @@ class _StreamTrack:
         return bool(self.text) or self.tool_calls or self.finished
 
 
+class RepeatTrim:
+    """An ``instruct`` continuation that repeats what the client already has loses the repeat.
+
+    Models asked to go on "exactly where it stopped" sometimes start over, or echo the last words
+    first. The start of the continuation (at most ``HOLD`` characters) is held until it can be
+    compared with the cut answer: a restart is dropped as long as it repeats the answer, an echo of
+    the answer's tail (``MIN_OVERLAP`` characters or more) is dropped once.
+    """
+
+    HOLD = 256
+    MIN_OVERLAP = 8
+
+    def __init__(self, partial: str) -> None:
+        self.partial = partial
+        self.pending = ""
+        self.decided = False
+        self.skip_from: int | None = None  # dropping a restart: the offset in the partial reached so far
+
+    def feed(self, text: str, final: bool = False) -> str:
+        """Continuation text in, what the client should get out (possibly empty while held)."""
+        if self.skip_from is not None:
+            return self._skipping(text)
+        if self.decided:
+            return text
+        self.pending += text
+        p = self.partial
+        restart = len(p) >= self.MIN_OVERLAP and p.startswith(self.pending[:len(p)]) \
+            and len(self.pending) >= self.MIN_OVERLAP
+        if restart and len(self.pending) < len(p) and not final:
+            if len(self.pending) < self.HOLD:
+                return ""  # still repeating the answer from its start: hold, decide later
+            self.decided = True
+            self.skip_from = len(self.pending)  # a long restart: drop it as it comes
+            self.pending = ""
+            return ""
+        if len(self.pending) < min(self.HOLD, len(p)) and not final:
+            return ""
+        self.decided = True
+        out, self.pending = self.pending, ""
+        if restart:
+            return out[len(p):]
+        for k in range(min(len(p), len(out)), self.MIN_OVERLAP - 1, -1):
+            if p.endswith(out[:k]):
+                return out[k:]
+        return out
+
+    def _skipping(self, text: str) -> str:
+        assert self.skip_from is not None
+        p, i = self.partial, self.skip_from
+        n = 0
+        while n < len(text) and i < len(p) and text[n] == p[i]:
+            n, i = n + 1, i + 1
+        self.skip_from = i
+        if i >= len(p) or n < len(text):  # the restart caught up with the cut, or went its own way
+            self.skip_from = None
+        return text[n:]
+
+
 _VALIDATORS: dict[bytes, Any] = {}
 
 
@@ -918,6 +976,7 @@ class Dispatcher:
                 return
             cont = _StreamTrack()
             sse = SSEReader(resp.content)
+            trim = RepeatTrim("".join(track.text)) if mode == "instruct" else None
             done = False
             while not done:
                 batch = await sse.batch()
@@ -944,6 +1003,13 @@ class Dispatcher:
                     if choices[0].get("delta") in ({"role": "assistant", "content": ""}, {"role": "assistant"}) \
                             and not choices[0].get("finish_reason"):
                         continue
+                    if trim is not None:
+                        delta = choices[0].get("delta") or {}
+                        finishing = bool(choices[0].get("finish_reason"))
+                        text = trim.feed(str(delta.get("content") or ""), final=finishing)
+                        if not text and not finishing:
+                            continue  # held back, or a repeat
+                        choices[0]["delta"] = {**delta, "content": text}
                     chunk.pop("usage", None)
                     out.append(b"data: " + orjson.dumps(chunk))
                 if out:

@@ -63,6 +63,9 @@ class SimConfig(BaseModel):
     # tool's result comes back, answer "The tool returned: <result>"
     tool_call: dict[str, Any] | None = None
     responses: bool = False  # serve /v1/responses natively (recent vLLM); else it is a 404 (most engines)
+    # asked to continue a cut answer: "restart" starts over, "tail" echoes the last words first
+    # (what real models do now and then); "none" goes on exactly where it stopped
+    instruct_echo: Literal["none", "restart", "tail"] = "none"
     # what a camera_triage request (metadata.homelab_task) gets when json_answer is not set
     triage_answer: dict[str, Any] = {"verdict": "positive", "confidence": 0.9, "objects": ["person"],
                                      "summary": "A person is at the door"}
@@ -318,6 +321,7 @@ class SimUpstream:
             return _err(400, f"Model {c.model} does not support images", "invalid_request_error")
 
         prefix = ""
+        instructed = False
         open_last = False
         last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
         if last.get("role") == "assistant" and body.get("continue_final_message"):
@@ -330,6 +334,7 @@ class SimUpstream:
         elif last.get("role") == "user" and CONTINUE_MARK in str(last.get("content")) and len(messages) >= 2 \
                 and isinstance(messages[-2], dict) and messages[-2].get("role") == "assistant":
             prefix = str(messages[-2].get("content") or "")  # asked, it goes on from its cut answer
+            instructed = True
 
         rf = body.get("response_format")
         if isinstance(rf, dict) and rf.get("type") in ("json_schema", "json_object"):
@@ -348,7 +353,12 @@ class SimUpstream:
             return await self._tool_call(request, body, c, messages)
         if prefix:
             # Continue the canonical answer from where the partial one stopped.
+            full = text
             text = text[len(prefix):] if text.startswith(prefix) else text
+            if instructed and c.instruct_echo == "restart":
+                text = full
+            elif instructed and c.instruct_echo == "tail":
+                text = " ".join(prefix.split(" ")[-3:]) + text
         n_prompt = prompt_tokens(messages, open_last)
         pieces = _tokens(text) if text else []
         if isinstance(body.get("max_tokens"), int):

@@ -328,3 +328,27 @@ def test_homelab_shadow_command(lab: Lab, tmp_path: Path) -> None:
     cand.write_text("version: 1\nroutes: {}\n")
     refused = homelab("load", str(cand))
     assert refused.returncode == 1 and "unknown_route: Field required" in refused.stderr
+
+
+@pytest.mark.parametrize("echo", ["restart", "tail"])
+def test_an_instruct_continuation_that_repeats_itself_is_trimmed(lab: Lab, client: OpenAI, echo: str) -> None:
+    _spark_continuation(lab, "instruct")
+    lab.configure("spark", instruct_echo=echo)  # the model starts over, or echoes the last words first
+    lab.configure("ubuntu-6000", fault="cut", fault_after=6)
+    text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="homelab/auto", messages=CODE, stream=True) if c.choices)  # type: ignore[arg-type]
+    assert text == FULL  # one answer: nothing said twice
+
+
+def test_repeat_trim_keeps_a_continuation_that_does_not_repeat() -> None:
+    from services.router.proxy import RepeatTrim
+
+    partial = "The simulated answer: word0 word1 word2"
+    t = RepeatTrim(partial)
+    rest = " word3 word4 word5 word6 word7 word8 word9 word10 word11."
+    out = "".join(t.feed(" " + word) for word in rest.split(" ")[1:]) + t.feed("", final=True)
+    assert out == rest
+    long_partial = "x" * 300 + " and so on"
+    t = RepeatTrim(long_partial)
+    restart = [long_partial[i:i + 7] for i in range(0, len(long_partial), 7)] + [" then more."]
+    assert "".join(t.feed(p) for p in restart) + t.feed("", final=True) == " then more."
