@@ -976,7 +976,7 @@ class Dispatcher:
                 return
             cont = _StreamTrack()
             sse = SSEReader(resp.content)
-            trim = RepeatTrim("".join(track.text)) if mode == "instruct" else None
+            trim = RepeatTrim(partial) if mode == "instruct" else None
             done = False
             while not done:
                 batch = await sse.batch()
