@@ -29,16 +29,6 @@ def _pydantic(path: Path, exc: ValidationError) -> list[str]:
     return out
 
 
-def check_settings(path: Path | None = None) -> list[str]:
-    from shared.settings import SettingsError, load_settings
-
-    try:
-        load_settings(path)
-    except SettingsError as exc:
-        return [str(exc)]
-    return []
-
-
 def check_policy(path: Path) -> list[str]:
     from services.router.app import compile_policy
     from services.router.errors import PolicyError
@@ -139,14 +129,15 @@ def check_all(config: Path | None = None, policy: Path | None = None, schedules:
     """Every problem found, one line each (``file: key: message``); empty when all is well."""
     from shared.settings import SettingsError, load_settings
 
-    problems = check_settings(config)
+    problems: list[str] = []
+    try:
+        jobs_file = load_settings(config).scheduler.jobs_file
+    except SettingsError as exc:
+        problems.append(str(exc))
+        jobs_file = Path("config/schedules.yaml")
     policy = policy or Path(os.environ.get("HOMELAB_POLICY") or DEFAULT_POLICY)
     problems += check_policy(policy)
-    if schedules is None:
-        try:
-            schedules = load_settings(config).scheduler.jobs_file
-        except SettingsError:
-            schedules = Path("config/schedules.yaml")
+    schedules = schedules or jobs_file
     if schedules.exists():
         problems += check_schedules(schedules)
     acl = acl or DEFAULT_ACL

@@ -20,6 +20,7 @@ import httpx
 import orjson
 
 from services.run import SERVICE_TABLE
+from shared.bus import payload_bytes
 from shared.settings import Settings, parse_mqtt_url
 
 LISTEN = 1.0  # seconds to gather retained messages (they arrive at once on subscribe)
@@ -39,8 +40,7 @@ async def _retained(settings: Settings, listen: float) -> dict[str, bytes]:
             async with asyncio.timeout(listen):
                 async for msg in client.messages:
                     if msg.retain:
-                        got[str(msg.topic)] = bytes(msg.payload) if isinstance(msg.payload, bytes | bytearray) \
-                            else str(msg.payload).encode()
+                        got[str(msg.topic)] = payload_bytes(msg.payload)
     return got
 
 

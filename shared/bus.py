@@ -67,7 +67,8 @@ def _encode(payload: bytes | str | BaseModel) -> bytes:
     return payload
 
 
-def _payload_bytes(p: object) -> bytes:
+def payload_bytes(p: object) -> bytes:
+    """An MQTT payload as bytes, whatever type aiomqtt gives it."""
     if isinstance(p, bytes | bytearray):
         return bytes(p)
     return b"" if p is None else str(p).encode()
@@ -209,7 +210,7 @@ class Bus:
                         if self.on_connect is not None:
                             tg.create_task(self.on_connect(self), name=f"mqtt-on-connect-{self.service}")
                         async for m in client.messages:
-                            topic, payload = str(m.topic), _payload_bytes(m.payload)
+                            topic, payload = str(m.topic), payload_bytes(m.payload)
                             if topic == HA_STATUS and self.on_ha_online is not None:
                                 if payload == b"online":
                                     tg.create_task(self._ha_online(), name=f"mqtt-ha-online-{self.service}")

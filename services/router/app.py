@@ -391,55 +391,55 @@ def create_app(settings: RouterSettings, router: Router | None = None) -> FastAP
             asyncio.get_running_loop().call_soon(svc.observe_shadow, request_id, decision, pre, header_route)
         return Ctx(request_id, chat_body, pre, decision, router.policy, started, **extra)
 
-    def refused(request: Request, exc: RequestError, request_id: str) -> Response:
-        rejected(request, exc.status, exc.code or exc.type, exc.message, request_id)
-        return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type=JSON,
-                        headers={"X-Request-Id": request_id})
+    Answer = Callable[[Request, str, float], Awaitable[Response]]
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Response:
-        started = time.perf_counter()
-        request_id = os.urandom(8).hex()
-        try:
-            ctx = decided(request, request_id, started, await _read_body(request, settings.max_body))
-            assert svc.dispatcher is not None
-            return await svc.dispatcher.chat(ctx)
-        except RequestError as exc:
-            return refused(request, exc, request_id)
-        except Exception:
-            return internal_error("chat", request_id)
+    def answered(where: str, answer: Answer) -> Callable[[Request], Awaitable[Response]]:
+        """A hot endpoint: its request id and start time, a refused request on the record, and any
+        unexpected exception as an OpenAI-shaped 500 carrying the request id."""
 
-    app.fast_routes[("POST", "/v1/chat/completions")] = chat
+        async def endpoint(request: Request) -> Response:
+            started = time.perf_counter()
+            request_id = os.urandom(8).hex()
+            try:
+                return await answer(request, request_id, started)
+            except RequestError as exc:
+                rejected(request, exc.status, exc.code or exc.type, exc.message, request_id)
+                return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type=JSON,
+                                headers={"X-Request-Id": request_id})
+            except Exception:
+                return internal_error(where, request_id)
 
-    @app.post("/v1/responses")
-    async def responses(request: Request) -> Response:
+        return endpoint
+
+    async def chat(request: Request, request_id: str, started: float) -> Response:
+        ctx = decided(request, request_id, started, await _read_body(request, settings.max_body))
+        assert svc.dispatcher is not None
+        return await svc.dispatcher.chat(ctx)
+
+    async def responses(request: Request, request_id: str, started: float) -> Response:
         """The Responses API, routed by the same policy (translated to Chat Completions unless native)."""
-        started = time.perf_counter()
-        request_id = os.urandom(8).hex()
-        try:
-            body = await _read_body(request, settings.max_body)
-            tr = to_chat(body)
-            ctx = decided(request, request_id, started, tr.chat, endpoint="/v1/responses", responses=body)
-            ctx.events.extend(tr.notes)
-            assert svc.dispatcher is not None
-            resp = await svc.dispatcher.chat(ctx)
-            final = ctx.policy.routes.get(ctx.final_route or "")
-            if resp.status_code != 200 or final is None or ctx.native(final):
-                return resp  # an error (OpenAI-shaped), or the engine's own Responses answer
-            if isinstance(resp, RelayResponse):
-                return resp.rewrap(StreamTranslator(body, request_id).translate)
-            headers = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-")}
-            if ctx.pre.stream:
-                out = StreamTranslator(body, request_id).feed_bytes(bytes(resp.body))
-                return Response(out, media_type="text/event-stream", headers=headers)
-            answer = to_response(orjson.loads(resp.body), body, request_id)
-            return Response(orjson.dumps(answer), media_type=JSON, headers=headers)
-        except RequestError as exc:
-            return refused(request, exc, request_id)
-        except Exception:
-            return internal_error("responses", request_id)
+        body = await _read_body(request, settings.max_body)
+        tr = to_chat(body)
+        ctx = decided(request, request_id, started, tr.chat, endpoint="/v1/responses", responses=body)
+        ctx.events.extend(tr.notes)
+        assert svc.dispatcher is not None
+        resp = await svc.dispatcher.chat(ctx)
+        final = ctx.policy.routes.get(ctx.final_route or "")
+        if resp.status_code != 200 or final is None or ctx.native(final):
+            return resp  # an error (OpenAI-shaped), or the engine's own Responses answer
+        if isinstance(resp, RelayResponse):
+            return resp.rewrap(StreamTranslator(body, request_id).translate)
+        headers = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-")}
+        if ctx.pre.stream:
+            out = StreamTranslator(body, request_id).feed_bytes(bytes(resp.body))
+            return Response(out, media_type="text/event-stream", headers=headers)
+        answer = to_response(orjson.loads(resp.body), body, request_id)
+        return Response(orjson.dumps(answer), media_type=JSON, headers=headers)
 
-    app.fast_routes[("POST", "/v1/responses")] = responses
+    for path, where, handle in (("/v1/chat/completions", "chat", chat), ("/v1/responses", "responses", responses)):
+        endpoint = answered(where, handle)
+        app.post(path)(endpoint)  # FastAPI knows the route (405 for other methods) ...
+        app.fast_routes[("POST", path)] = endpoint  # ... and the fast path serves it
 
     @app.get("/v1/models")
     async def models() -> Response:

@@ -59,7 +59,6 @@ class Outcome:
     retryable: bool = False
     retry_after: float | None = None
     status: int = 200
-    elapsed: float = 0.0
 
 
 @dataclass(slots=True)
@@ -306,8 +305,8 @@ def _hangup(policy: Policy, t0: float, exc: BaseException) -> Outcome:
     waited = time.perf_counter() - t0
     what = f"{type(exc).__name__}: {exc}"
     if waited > policy.health.silent_after:
-        return Outcome("fail", detail=f"silent: no answer for {waited:.1f}s, then {what}", elapsed=waited)
-    return Outcome("fail", detail=f"reset: {what}", retryable=True, elapsed=waited)
+        return Outcome("fail", detail=f"silent: no answer for {waited:.1f}s, then {what}")
+    return Outcome("fail", detail=f"reset: {what}", retryable=True)
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -331,8 +330,8 @@ class _StreamTrack:
     usage: dict[str, Any] | None = None
     native: bool = False  # a Responses event stream (a native route), not chat chunks
 
-    def feed(self, data: bytes) -> None:
-        """Parse one data payload; raise UpstreamFault if malformed or an in-band error."""
+    def feed(self, data: bytes) -> dict[str, Any]:
+        """Parse one data payload (and return it); raise UpstreamFault if malformed or an in-band error."""
         try:
             ev = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -341,7 +340,7 @@ class _StreamTrack:
             raise UpstreamFault("malformed_chunk", "chunk is not an object")
         if self.native:
             self._feed_native(ev, data)
-            return
+            return ev
         if "error" in ev:
             raise UpstreamFault("stream_error", _error_text(data))
         if self.chunk_id is None and isinstance(ev.get("id"), str):
@@ -359,6 +358,7 @@ class _StreamTrack:
                 self.tool_calls = True
             if choice.get("finish_reason"):
                 self.finished = True
+        return ev
 
     def _feed_native(self, ev: dict[str, Any], data: bytes) -> None:
         kind = ev.get("type")
@@ -792,8 +792,6 @@ class Dispatcher:
                     if fault is not None or done:
                         first_end = fault or True
                         break
-                else:
-                    first_end = None
         except TimeoutError:
             if resp is not None:
                 resp.close()
@@ -804,10 +802,10 @@ class Dispatcher:
             resp.close()
             if exc.kind == "stream_error":
                 # An error event before any content: read it like an error body (context, CUDA, ...).
-                outcome = self._classify_status(200, orjson.dumps({"error": exc.detail}), None)
+                raw = orjson.dumps({"error": exc.detail})
+                outcome = self._classify_status(200, raw, None)
                 if outcome.kind in ("client", "context"):
-                    outcome.response = self._passthrough_error(
-                        ctx, name, 400, orjson.dumps({"error": exc.detail}), outcome.kind)
+                    outcome.response = self._passthrough_error(ctx, name, 400, raw, outcome.kind)
                 if outcome.kind != "fail":
                     return outcome
             return Outcome("fail", detail=f"{exc.kind}: {exc.detail}")
@@ -992,8 +990,7 @@ class Dispatcher:
                     if data == b"[DONE]":
                         done = True
                         break
-                    cont.feed(data)
-                    chunk = orjson.loads(data)
+                    chunk = cont.feed(data)
                     choices = chunk.get("choices") or []
                     if not choices:
                         continue  # the continuation's own usage: merged below
