@@ -326,7 +326,6 @@ class _StreamTrack:
     finished: bool = False
     tool_calls: bool = False
     chunk_id: str | None = None
-    deltas: int = 0  # content deltas seen (engines stream about one token per delta)
     usage: dict[str, Any] | None = None
     native: bool = False  # a Responses event stream (a native route), not chat chunks
 
@@ -353,7 +352,6 @@ class _StreamTrack:
             content = delta.get("content")
             if content:
                 self.text.append(content)
-                self.deltas += 1
             if delta.get("tool_calls"):
                 self.tool_calls = True
             if choice.get("finish_reason"):
@@ -367,7 +365,6 @@ class _StreamTrack:
             raise UpstreamFault("stream_error", str(err or data[:200]))
         if kind == "response.output_text.delta":
             self.text.append(str(ev.get("delta") or ""))
-            self.deltas += 1
         elif kind == "response.output_item.added" and (ev.get("item") or {}).get("type") == "function_call":
             self.tool_calls = True
         elif kind in ("response.completed", "response.incomplete"):
@@ -375,6 +372,11 @@ class _StreamTrack:
             usage = (ev.get("response") or {}).get("usage")
             if isinstance(usage, dict):
                 self.usage = usage
+
+    @property
+    def deltas(self) -> int:
+        """Content deltas seen (engines stream about one token per delta)."""
+        return len(self.text)
 
     @property
     def has_output(self) -> bool:
