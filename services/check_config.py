@@ -100,7 +100,7 @@ def topic_matches(pattern: str, topic: str) -> bool:
 
 
 def check_acl(path: Path) -> list[str]:
-    from services.run import SERVICE_TABLE
+    from services.table import SERVICE_TABLE
     from shared import topics
 
     try:

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from services import runbooks, up
-from services.run import SERVICE_TABLE, services_help
+from services.run import services_help
 from services.sim_upstream import cli as sim_cli
+from services.table import SERVICE_TABLE
 from shared.logs import FORMATS
 
 

@@ -19,7 +19,7 @@ import aiomqtt
 import httpx
 import orjson
 
-from services.run import SERVICE_TABLE
+from services.table import SERVICE_TABLE
 from shared.bus import payload_bytes
 from shared.settings import Settings, parse_mqtt_url
 

@@ -21,18 +21,18 @@ DEFAULT_POLICY = Path(os.environ.get("HOMELAB_POLICY") or "config/routing_policy
 
 
 def explain(prompt: str, *, image: bool, tokens: int | None, model: str, policy_path: Path) -> str:
-    router = compile_policy(load_policy(policy_path))
+    decider = compile_policy(load_policy(policy_path))
     est = tokens if tokens is not None else len(prompt) // 4 + 4
-    c = router.classifier.classify(prompt)
+    c = decider.classifier.classify(prompt)
     lines = [f"prompt: {prompt[:120]!r}{'…' if len(prompt) > 120 else ''}",
              f"model: {model}  image: {'yes' if image else 'no'}  tokens: {est}", "scores:"]
-    for bucket in router.policy.buckets:
+    for bucket in decider.policy.buckets:
         score = c.scores.get(bucket, 0)
         hits = ", ".join(c.matched.get(bucket, ()))
         lines.append(f"  {bucket:<16} {score}" + (f"  ({hits})" if hits else ""))
-    d = router.decide(model=model, text=prompt, has_image=image, tokens=est)
+    d = decider.decide(model=model, text=prompt, has_image=image, tokens=est)
     lines += [f"bucket: {d.bucket or '-'}", f"route:  {d.route}", f"reason: {d.reason}",
-              f"model sent upstream: {router.policy.routes[d.route].model}"]
+              f"model sent upstream: {decider.policy.routes[d.route].model}"]
     return "\n".join(lines)
 
 

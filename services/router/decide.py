@@ -22,8 +22,8 @@ class Decision:
     matched: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-class Router:
-    """A policy compiled for fast decisions; rebuilt whenever the policy is reloaded."""
+class Decider:
+    """A policy compiled for fast decisions (steps 2-5); rebuilt whenever the policy is reloaded."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -96,7 +96,7 @@ class Router:
         return Decision(route, c.bucket, reason, False, c.scores, c.matched)
 
 
-def check_examples(router: Router) -> list[str]:
+def check_examples(router: Decider) -> list[str]:
     """Run the policy's golden cases; return one message per failure (empty: all pass)."""
     failures = []
     for i, ex in enumerate(router.policy.examples):

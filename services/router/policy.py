@@ -55,6 +55,8 @@ class Route(_Strict):
     request_timeout: PositiveFloat = 600.0
     api_key: str | None = None
     recover_command: tuple[str, ...] | None = None
+    # seconds the recovery command may run before it is killed (and the route's lock released)
+    recover_timeout: PositiveFloat = 120.0
     # How the engine takes a JSON schema: OpenAI's ``json_schema`` (vLLM, LM Studio), or
     # ``json_object`` with a ``schema`` beside it (llama-cpp-python's server answers json_schema with 500).
     structured_output: Literal["json_schema", "json_object"] = "json_schema"

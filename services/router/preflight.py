@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import jsonschema
 import orjson
-from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from services.router.errors import RequestError
+from services.router.schemas import validator
 
 # A rough per-image cost; base64 payload length says nothing about tokens.
 IMAGE_TOKENS = 765
@@ -30,6 +32,8 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None
 
     @field_validator("content")
     @classmethod
@@ -39,12 +43,28 @@ class ChatMessage(BaseModel):
         return v
 
 
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    json_schema: JsonSchemaSpec | None = None
+
+
 class ChatRequest(BaseModel):
+    """What the router reads of a chat request; every other field passes through to the engine."""
+
     model_config = ConfigDict(extra="allow")
     model: str
     messages: list[ChatMessage]
     stream: StrictBool = False
     metadata: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    stream_options: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("messages")
     @classmethod
@@ -79,8 +99,17 @@ def _validation_message(exc: ValidationError) -> tuple[str, str]:
     return f"Invalid request: {loc}: {msg}", loc
 
 
+def without_nulls(body: Any) -> Any:
+    """A request body with its top-level ``null`` fields dropped: OpenAI's schema allows ``null`` for
+    every optional field, and it means the same as leaving the field out."""
+    if isinstance(body, dict) and None in body.values():
+        return {k: v for k, v in body.items() if v is not None}
+    return body
+
+
 def preflight(body: Any) -> Preflight:
-    """Validate ``body`` (decoded JSON) as a chat request; raise RequestError (400) when it is not one."""
+    """Validate ``body`` (decoded JSON, nulls dropped) as a chat request; raise RequestError (400)
+    when it is not one."""
     if not isinstance(body, dict):
         raise RequestError("Invalid request: the body must be a JSON object")
     try:
@@ -88,22 +117,32 @@ def preflight(body: Any) -> Preflight:
     except ValidationError as exc:
         msg, loc = _validation_message(exc)
         raise RequestError(msg, param=loc) from exc
+    rf = req.response_format
+    if rf is not None and rf.type == "json_schema":
+        schema = rf.json_schema.schema_ if rf.json_schema is not None else None
+        if schema is None:
+            raise RequestError("Invalid request: response_format.json_schema.schema: a JSON schema is required",
+                               param="response_format.json_schema.schema")
+        try:
+            validator(schema)
+        except jsonschema.SchemaError as exc:
+            raise RequestError(f"Invalid request: response_format.json_schema.schema: not a valid JSON schema: "
+                               f"{exc.message}", param="response_format.json_schema.schema") from exc
     has_image = False
     chars = 0
     json_chars = 0
     images = 0
     last_user = ""
-    tools = body.get("tools")
+    tools = req.tools
     if tools:
         json_chars += len(orjson.dumps(tools))  # the engine renders every definition into the prompt
     for i, m in enumerate(req.messages):
-        extra = m.model_extra or {}
-        for call in extra.get("tool_calls") or ():
-            fn = call.get("function") if isinstance(call, dict) else None
+        for call in m.tool_calls or ():
+            fn = call.get("function")
             if isinstance(fn, dict):
                 json_chars += len(str(fn.get("arguments") or "")) + len(str(fn.get("name") or ""))
-        if isinstance(extra.get("function_call"), dict):
-            json_chars += len(str(extra["function_call"].get("arguments") or ""))
+        if m.function_call is not None:
+            json_chars += len(str(m.function_call.get("arguments") or ""))
         content = m.content
         if content is None or content == "":
             if m.role in ("user", "system", "developer"):

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from services.router.errors import RequestError
+from services.router.sse import SSEBuffer, sse_data
 
 PASSED = ("temperature", "top_p", "parallel_tool_calls", "metadata", "user", "seed", "stop")
 
@@ -121,8 +122,13 @@ def to_chat(body: Any) -> Translation:
     if not any(m["role"] in ("user", "tool") for m in messages):
         raise RequestError("Invalid request: input: at least one user message is needed", param="input")
     chat: dict[str, Any] = {"model": model, "messages": messages}
+    raw_tools = body.get("tools") or []
+    if not isinstance(raw_tools, list):
+        raise RequestError("Invalid request: tools: a list of tools is expected", param="tools")
+    if body.get("stream") not in (None, True, False):
+        raise RequestError("Invalid request: stream: true or false is expected", param="stream")
     tools = []
-    for t in body.get("tools") or ():
+    for t in raw_tools:
         if isinstance(t, dict) and t.get("type") == "function" and t.get("name"):
             fn = {"name": t["name"], "parameters": t.get("parameters") or {"type": "object", "properties": {}}}
             if t.get("description"):
@@ -229,7 +235,7 @@ class StreamTranslator:
         self.finish: str | None = None
         self.started = False
         self.ended = False
-        self._buf = b""
+        self._sse = SSEBuffer()
 
     def _ev(self, kind: str, **data: Any) -> bytes:
         self.seq += 1
@@ -325,13 +331,11 @@ class StreamTranslator:
 
     def feed_bytes(self, piece: bytes) -> bytes:
         """Chat SSE bytes in (any split), Responses events out."""
-        self._buf += piece
-        *events, self._buf = self._buf.split(b"\n\n")
         out: list[bytes] = []
-        for ev in events:
-            if not ev.startswith(b"data: ") or self.ended:
+        for ev in self._sse.feed(piece):
+            data = sse_data(ev)
+            if data is None or self.ended:
                 continue
-            data = ev[6:]
             if data == b"[DONE]":
                 out += self.done()
                 continue

@@ -11,21 +11,32 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.router.decide import Decision, Router
+from services.router.decide import Decider, Decision
 from services.router.errors import PolicyError, RequestError
 from services.router.policy import Policy
 
 RECENT = 5
 
 
-def refuse_commands(live: Policy, candidate: Policy) -> None:
-    """A policy that arrives over HTTP never brings commands: they come only from the file on disk."""
+# What a policy sent over HTTP may not change: they come only from the file on disk.
+FROZEN = ("recover_command", "recover_timeout", "terminal", "base_url", "api_key")
+
+
+def refuse_changes(live: Policy, candidate: Policy) -> None:
+    """A candidate may change how requests are decided, never what runs or where the lab's engines are:
+    commands, whether a route is terminal, upstream addresses and keys stay the live policy's."""
     for name, route in candidate.routes.items():
-        current = live.routes[name].recover_command if name in live.routes else None
-        if route.recover_command != current:
-            raise PolicyError(
-                f"routes.{name}.recover_command: differs from the live policy's; a policy sent over HTTP "
-                "cannot bring commands (edit the policy file and reload instead)")
+        current = live.routes.get(name)
+        for key in FROZEN:
+            mine = getattr(route, key)
+            theirs = getattr(current, key) if current is not None else None
+            if current is None and key == "terminal" and not mine:
+                continue
+            if mine != theirs:
+                raise PolicyError(
+                    f"routes.{name}.{key}: differs from the live policy's; a policy sent over HTTP cannot "
+                    "change commands, terminal routes or upstream addresses (edit the policy file and reload "
+                    "instead)")
 
 
 @dataclass(slots=True)
@@ -36,7 +47,7 @@ class _Cell:
 
 @dataclass
 class Shadow:
-    router: Router
+    decider: Decider
     loaded_at: float = field(default_factory=time.time)
     decided: int = 0
     agreed: int = 0
@@ -46,7 +57,7 @@ class Shadow:
                 header_route: str | None, metadata_bucket: object) -> str:
         """Decide the request by the candidate; count it; return the candidate's route (or ``error:<code>``)."""
         try:
-            cand: Decision | None = self.router.decide(model=model, text=text, has_image=has_image, tokens=tokens,
+            cand: Decision | None = self.decider.decide(model=model, text=text, has_image=has_image, tokens=tokens,
                                                        header_route=header_route, metadata_bucket=metadata_bucket)
         except RequestError as exc:
             cand = None
@@ -65,6 +76,11 @@ class Shadow:
                             "candidate_bucket": cand.bucket if cand else None,
                             "candidate_reason": cand.reason if cand else cand_route, "keywords": keywords})
         return cand_route
+
+    def summary(self) -> dict[str, Any]:
+        """What anyone may see: counts, no request ids or keywords."""
+        return {"loaded_at": self.loaded_at, "decided": self.decided, "agreed": self.agreed,
+                "disagreed": self.decided - self.agreed}
 
     def report(self) -> dict[str, Any]:
         return {

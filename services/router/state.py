@@ -24,6 +24,7 @@ class RouteState:
     last_probe_at: float | None = None
     served: int = 0
     recovering: bool = False
+    trial: bool = False  # a half-open circuit's one trial request is in flight
     # continuation modes found not to work on this upstream (mode -> what the check saw)
     continuation_blocked: dict[str, str] = field(default_factory=dict)
     continuation_checked_at: float | None = None
@@ -38,7 +39,22 @@ class RouteState:
             if not self.healthy or time.monotonic() - self.opened_at < cooldown:
                 return False
             self.circuit = "half_open"
-        return self.healthy or self.circuit == "half_open"
+        if self.circuit == "half_open":
+            return not self.trial  # one trial request at a time
+        return self.healthy
+
+    def take(self) -> bool:
+        """Take a slot for an attempt; True when it is the half-open circuit's trial."""
+        self.in_flight += 1
+        if self.circuit == "half_open" and not self.trial:
+            self.trial = True
+            return True
+        return False
+
+    def give_back(self, trial: bool) -> None:
+        self.in_flight -= 1
+        if trial:
+            self.trial = False
 
     def why_unavailable(self) -> str:
         if self.poisoned:

@@ -22,6 +22,9 @@ Fault = Literal[
     "http_502",
     "http_503",
     "http_429",
+    "http_401",  # the route's key is wrong
+    "http_403",  # the route's key may not use this model
+    "model_missing",  # vLLM's 404 for a model it does not serve (the engine was restarted with another)
     "hang",  # accept, never send headers
     "slow_first_token",  # headers at once, first content after fault_delay
     "cut",  # close the connection after fault_after chunks
@@ -302,6 +305,12 @@ class SimUpstream:
             return _err(500, "CUDA error: an illegal memory access was encountered", "server_error")
         if fault == "http_503":
             return _err(503, "Service unavailable", "server_error")
+        if fault == "http_401":
+            return _err(401, "Invalid API key", "authentication_error", "invalid_api_key")
+        if fault == "http_403":
+            return _err(403, "This key may not use this model", "permission_error")
+        if fault == "model_missing":
+            return _err(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         if fault == "http_429":
             return _err(429, "Rate limited", "rate_limit_error", "rate_limited",
                         **{"Retry-After": str(c.retry_after)})

@@ -95,7 +95,7 @@ def test_vllm_error_event_followed_by_done_is_not_a_clean_end(lab: Lab) -> None:
                                      "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB",
                                      "cuBLAS failed: CUBLAS_STATUS_EXECUTION_FAILED"])
 def test_cuda_poisoning_is_recognised_in_any_wording(lab: Lab, message: str) -> None:
-    from services.router.proxy import error_kind
+    from services.router.outcomes import error_kind
 
     assert error_kind(message) == "cuda"
     assert error_kind("This model's maximum context length is 32768 tokens.") == "context"

@@ -270,7 +270,10 @@ def test_shadow_policy_matrix_promote_and_drop(lab: Lab) -> None:
     for _ in range(3):
         assert post(lab).headers["x-homelab-route"] == "ubuntu-6000"  # the live policy still serves
     post(lab, [{"role": "user", "content": "Review the security of this code"}])  # both say spark
-    stats = httpx.get(lab.url + "/stats").json()["shadow"]
+    public = httpx.get(lab.url + "/stats").json()["shadow"]
+    assert public["decided"] == 4 and public["agreed"] == 1
+    assert "matrix" not in public  # request ids and keywords only with the admin token
+    stats = admin(lab, "GET", "/stats").json()["shadow"]
     assert stats["decided"] == 4 and stats["agreed"] == 1
     (row,) = stats["matrix"]
     assert (row["live_route"], row["candidate_route"], row["count"]) == ("ubuntu-6000", "spark", 3)
@@ -341,7 +344,7 @@ def test_an_instruct_continuation_that_repeats_itself_is_trimmed(lab: Lab, clien
 
 
 def test_repeat_trim_keeps_a_continuation_that_does_not_repeat() -> None:
-    from services.router.proxy import RepeatTrim
+    from services.router.continuation import RepeatTrim
 
     partial = "The simulated answer: word0 word1 word2"
     t = RepeatTrim(partial)

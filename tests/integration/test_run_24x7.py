@@ -215,8 +215,8 @@ def test_check_config_names_the_file_and_key(tmp_path: Path, file: str, edit: An
 
 
 def test_help_lists_what_the_code_accepts() -> None:
-    from services.run import SERVICE_TABLE
     from services.sim_upstream.server import ENGINES
+    from services.table import SERVICE_TABLE
 
     run_help = homelab("run", "--help").stdout
     for name in SERVICE_TABLE:

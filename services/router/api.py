@@ -1,0 +1,205 @@
+"""The public API: chat completions, responses, embeddings, models, metrics, stats.
+
+Every request to a model endpoint is on the record once: a refused one by :meth:`PublicAPI.rejected`,
+a decided one by the accounting of its final state (here for a whole answer, in the relay for a
+stream), an unexpected exception as an OpenAI-shaped 500 that carries the request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from services.router.errors import RequestError, error_body
+from services.router.http import error, is_admin, read_body
+from services.router.preflight import EmbeddingsRequest, preflight, without_nulls
+from services.router.relay import RelayResponse
+from services.router.request import JSON, Ctx
+from services.router.responses import StreamTranslator, to_chat, to_response
+from services.router.service import RouterService
+from services.router.upstream import auth
+
+log = logging.getLogger("homelab.router.api")
+
+
+@dataclass(slots=True)
+class Rec:
+    """One request at the edge: its id, when it started, and its context once it is decided."""
+
+    request_id: str
+    started: float
+    ctx: Ctx | None = None
+
+
+Answer = Callable[[Request, Rec], Awaitable[Response]]
+
+
+class PublicAPI:
+    def __init__(self, svc: RouterService) -> None:
+        self.svc = svc
+
+    # ---- on the record -----------------------------------------------------------------------
+
+    def rejected(self, request: Request, status: int, reason: str, message: str, request_id: str | None = None) -> str:
+        """A request refused before it was decided: its own decision-log line and count."""
+        rid = request_id or uuid.uuid4().hex[:16]
+        svc = self.svc
+        svc.metrics.requests.labels("", "", reason, str(status)).inc()
+        svc.decisions.write({"request_id": rid, "endpoint": request.url.path, "method": request.method,
+                             "status": status, "reason": reason, "error": message[:500]})
+        return rid
+
+    def internal_error(self, where: str, request_id: str) -> Response:
+        """An unexpected exception: logged with the request id, answered as an OpenAI-shaped 500."""
+        log.exception("internal error in %s (request %s)", where, request_id)
+        self.svc.metrics.internal_errors.labels(where).inc()
+        body = error_body(f"Internal error in homelab-router (request {request_id}); see the router's log",
+                          type_="server_error", code="internal_error")
+        body["error"]["request_id"] = request_id
+        return Response(orjson.dumps(body), status_code=500, media_type=JSON, headers={"X-Request-Id": request_id})
+
+    def answered(self, where: str, answer: Answer) -> Callable[[Request], Awaitable[Response]]:
+        """A model endpoint: its request id and start time, exactly one decision line whatever
+        happens, and any unexpected exception as an OpenAI-shaped 500 carrying the request id."""
+        acct = self.svc.acct
+
+        async def endpoint(request: Request) -> Response:
+            rec = Rec(os.urandom(8).hex(), time.perf_counter())
+            try:
+                resp = await answer(request, rec)
+            except RequestError as exc:
+                resp = Response(orjson.dumps(exc.body()), status_code=exc.status, media_type=JSON,
+                                headers={"X-Request-Id": rec.request_id})
+                if rec.ctx is None:
+                    self.rejected(request, exc.status, exc.code or exc.type, exc.message, rec.request_id)
+                    return resp
+                rec.ctx.error = exc.message
+            except Exception as exc:
+                resp = self.internal_error(where, rec.request_id)
+                if rec.ctx is None:
+                    self.rejected(request, 500, "internal_error", f"{type(exc).__name__}: {exc}", rec.request_id)
+                    return resp
+                rec.ctx.error = f"internal error: {type(exc).__name__}: {exc}"
+            ctx = rec.ctx
+            if ctx is not None and not isinstance(resp, RelayResponse):
+                ctx.status = resp.status_code  # what the client gets, whatever the attempts saw
+                acct.finish(ctx)
+            return resp
+
+        return endpoint
+
+    def decided(self, request: Request, rec: Rec, chat_body: Any, **extra: Any) -> Ctx:
+        """Preflight and the routing decision (the shadow policy decides it too, off the answer's path)."""
+        svc = self.svc
+        pre = preflight(chat_body)
+        decider = svc.decider
+        header_route = request.headers.get("x-homelab-route")
+        decision = decider.decide(
+            model=pre.model, text=pre.text, has_image=pre.has_image, tokens=pre.tokens,
+            header_route=header_route, metadata_bucket=pre.metadata.get("homelab_bucket"),
+        )
+        if svc.shadow is not None:
+            asyncio.get_running_loop().call_soon(svc.observe_shadow, rec.request_id, decision, pre, header_route)
+        rec.ctx = Ctx(rec.request_id, chat_body, pre, decision, decider.policy, rec.started, **extra)
+        return rec.ctx
+
+    # ---- endpoints ---------------------------------------------------------------------------
+
+    async def chat(self, request: Request, rec: Rec) -> Response:
+        body = without_nulls(await read_body(request, self.svc.settings.max_body))
+        ctx = self.decided(request, rec, body)
+        assert self.svc.dispatcher is not None
+        return await self.svc.dispatcher.chat(ctx)
+
+    async def responses(self, request: Request, rec: Rec) -> Response:
+        """The Responses API, routed by the same policy (translated to Chat Completions unless native)."""
+        body = without_nulls(await read_body(request, self.svc.settings.max_body))
+        tr = to_chat(body)
+        ctx = self.decided(request, rec, tr.chat, endpoint="/v1/responses", responses=body)
+        ctx.events.extend(tr.notes)
+        assert self.svc.dispatcher is not None
+        resp = await self.svc.dispatcher.chat(ctx)
+        final = ctx.policy.routes.get(ctx.final_route or "")
+        if resp.status_code != 200 or final is None or ctx.native(final):
+            return resp  # an error (OpenAI-shaped), or the engine's own Responses answer
+        if isinstance(resp, RelayResponse):
+            return resp.rewrap(StreamTranslator(body, rec.request_id).translate)
+        headers = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-")}
+        if ctx.pre.stream:
+            out = StreamTranslator(body, rec.request_id).feed_bytes(bytes(resp.body))
+            return Response(out, media_type="text/event-stream", headers=headers)
+        answer = to_response(orjson.loads(resp.body), body, rec.request_id)
+        return Response(orjson.dumps(answer), media_type=JSON, headers=headers)
+
+    async def embeddings(self, request: Request, rec: Rec) -> Response:
+        svc = self.svc
+        body = without_nulls(await read_body(request, svc.settings.max_body))
+        try:
+            EmbeddingsRequest.model_validate(body)
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            where = ".".join(str(p) for p in e["loc"]) or "body"
+            raise RequestError(f"Invalid embeddings request: {where}: {e['msg']}", param=where) from exc
+        policy = svc.policy
+        name = policy.embeddings_route or policy.image_route
+        route = policy.routes[name]
+        assert svc.session is not None
+        headers = {"X-Homelab-Route": name, "X-Homelab-Reason": "embeddings_route", "X-Request-Id": rec.request_id}
+        record: dict[str, Any] = {"request_id": rec.request_id, "endpoint": "/v1/embeddings", "model": body["model"],
+                                  "route": name, "reason": "embeddings_route"}
+        try:
+            async with asyncio.timeout(route.request_timeout):
+                async with svc.session.post(route.embeddings_url, data=orjson.dumps({**body, "model": route.model}),
+                                            headers={"Content-Type": JSON, **auth(route.api_key)}) as r:
+                    raw = await r.read()
+                    resp = Response(raw, status_code=r.status, media_type=JSON, headers=headers)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            svc.failures.write({"request_id": rec.request_id, "route": name, "kind": "embeddings",
+                                "detail": f"{type(exc).__name__}: {exc}"})
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            resp = error(503, f"Embeddings route '{name}' is unavailable: {type(exc).__name__}",
+                         type_="server_error", code="upstream_unavailable", headers=headers)
+        svc.metrics.requests.labels(name, "", "embeddings_route", str(resp.status_code)).inc()
+        svc.decisions.write({**record, "status": resp.status_code,
+                             "latency_ms": round((time.perf_counter() - rec.started) * 1000, 3)})
+        return resp
+
+    async def models(self) -> Response:
+        now = int(self.svc.started)
+        data = [{"id": m, "object": "model", "created": now, "owned_by": "homelab"}
+                for m in self.svc.decider.catalog()]
+        return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
+
+    async def metrics(self) -> Response:
+        return Response(generate_latest(self.svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def stats(self, request: Request) -> Response:
+        admin = is_admin(request, self.svc.settings.admin_token)
+        return Response(orjson.dumps(self.svc.stats(admin=admin)), media_type=JSON)
+
+
+def mount(app: FastAPI, api: PublicAPI,
+          fast_routes: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]) -> None:
+    """The public endpoints on ``app``; the hot ones also on the fast path."""
+    for path, where, handle in (("/v1/chat/completions", "chat", api.chat),
+                                ("/v1/responses", "responses", api.responses),
+                                ("/v1/embeddings", "embeddings", api.embeddings)):
+        endpoint = api.answered(where, handle)
+        app.post(path)(endpoint)  # FastAPI knows the route (405 for other methods) ...
+        fast_routes[("POST", path)] = endpoint  # ... and the fast path serves it
+    app.get("/v1/models")(api.models)
+    app.get("/metrics")(api.metrics)
+    app.get("/stats")(api.stats)

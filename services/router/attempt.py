@@ -1,0 +1,325 @@
+"""One attempt on one route, JSON or stream: nothing reaches the client until the upstream has
+produced its first content; after that, a stream that dies is continued elsewhere or ends with an
+in-band error — never a truncated success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+from starlette.responses import Response
+
+from services.router.accounting import Accounting
+from services.router.camera_output import is_camera_triage, validate_camera
+from services.router.continuation import Continuation
+from services.router.errors import error_body
+from services.router.outcomes import ErrorBody, Outcome, UpstreamFault, classify, error_answer, hangup
+from services.router.policy import Route
+from services.router.relay import RelayResponse, StreamTrack, consume, done_with
+from services.router.request import DONE, FINISH_GRACE, JSON, Ctx
+from services.router.sse import SSEReader, join
+from services.router.state import RouteState
+from services.router.upstream import Upstream
+
+log = logging.getLogger("homelab.router.attempt")
+
+
+def error_response(ctx: Ctx, name: str, outcome: Outcome) -> Response:
+    """The upstream's refusal of the client's request, in OpenAI's shape (an engine's own shape is
+    rewrapped; a context-length error always carries ``code: context_length_exceeded``)."""
+    err = outcome.error or ErrorBody.of_message(outcome.detail)
+    ctx.status = status = 400 if outcome.status in (0, 200) else outcome.status
+    ctx.error = err.text
+    context = outcome.kind == "context"
+    if err.openai_shaped and not (context and "context_length" not in err.code):
+        body = err.raw
+    else:
+        code = "context_length_exceeded" if context else (err.code or None)
+        body = orjson.dumps(error_body(err.text, type_="invalid_request_error", code=code))
+    return Response(body, status_code=status, media_type=JSON, headers=ctx.headers(name))
+
+
+class Attempts:
+    def __init__(self, upstream: Upstream, acct: Accounting, states: Callable[[], dict[str, RouteState]],
+                 on_poisoned: Callable[[str, str], Awaitable[None]] | None = None) -> None:
+        self.upstream = upstream
+        self.acct = acct
+        self.metrics = acct.metrics
+        self.continuation = Continuation(upstream, acct, states)
+        self.on_poisoned = on_poisoned
+
+    async def with_retry(self, ctx: Ctx, route: Route, st: RouteState) -> Outcome:
+        """Attempt ``route``; once more after a transient fault or a short Retry-After."""
+        health = ctx.policy.health
+        retried = honoured_429 = False
+        name = ctx.path[-1]
+        while True:
+            trial = st.take()
+            released = False
+            room = st.in_flight < route.max_concurrency  # others in flight below the cap, this one aside
+            t0 = time.perf_counter()
+            attempt: dict[str, Any] = {"route": name, "outcome": "ok"}
+            ctx.attempts.append(attempt)
+
+            def release(trial: bool = trial) -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    st.give_back(trial)
+
+            try:
+                outcome = await self._attempt(ctx, name, route, st, release)
+            except BaseException:
+                release()
+                raise
+            if not (outcome.kind == "ok" and ctx.pre.stream):
+                release()  # a committed stream releases its slot when the client's response closes
+            if outcome.kind != "ok":
+                attempt.update(outcome=outcome.kind, detail=outcome.detail[:300],
+                               ms=round((time.perf_counter() - t0) * 1000, 3))
+            if outcome.kind == "fail":
+                st.record_failure(outcome.detail, health.failure_threshold)
+                self.acct.upstream_failed(ctx, name, outcome)
+                if outcome.retryable and not retried and st.circuit != "open":
+                    retried = True
+                    backoff = random.uniform(health.retry_backoff_min, health.retry_backoff_max)
+                    attempt["backoff_ms"] = round(backoff * 1000, 1)
+                    ctx.events.append(f"retry:{name}")
+                    await asyncio.sleep(backoff)
+                    ctx.path.append(name)
+                    continue
+            elif outcome.kind == "poisoned":
+                await self._poison(ctx, name, st, outcome)
+            elif outcome.kind == "busy":
+                if outcome.status == 503 and room:
+                    # Busy with room to spare is not busy: an upstream that 503s everything is down.
+                    st.record_failure(outcome.detail, health.failure_threshold)
+                    self.metrics.upstream_errors.labels(name, outcome.cause).inc()
+                if outcome.retry_after is not None and not honoured_429 \
+                        and outcome.retry_after <= health.retry_after_max:
+                    honoured_429 = True
+                    ctx.events.append(f"retry_after:{name}:{outcome.retry_after}")
+                    await asyncio.sleep(outcome.retry_after)
+                    ctx.path.append(name)
+                    continue
+            elif outcome.kind == "client" and trial:
+                st.record_success()  # the engine answered: the trial proves the route works
+            return outcome
+
+    async def _poison(self, ctx: Ctx, name: str, st: RouteState, outcome: Outcome) -> None:
+        st.poisoned = True
+        st.last_error = outcome.detail
+        st.last_error_at = time.time()
+        self.acct.fault(ctx, name, "cuda_poisoned", outcome.cause, outcome.detail)
+        log.error("route %s poisoned: %s", name, outcome.detail)
+        if self.on_poisoned is not None:
+            await self.on_poisoned(name, outcome.detail)
+
+    async def _attempt(self, ctx: Ctx, name: str, route: Route, st: RouteState,
+                       release: Callable[[], None]) -> Outcome:
+        payload = self.upstream.payload(ctx, route)
+        if ctx.pre.stream:
+            return await self._stream(ctx, name, route, st, payload, release)
+        return await self._plain(ctx, name, route, st, payload)
+
+    def _answered(self, ctx: Ctx, name: str, st: RouteState) -> None:
+        st.record_success()
+        ctx.status = 200
+        ctx.error = None  # an earlier hop's error is in ``attempts``, not the request's
+        ctx.final_route = name
+
+    async def _plain(self, ctx: Ctx, name: str, route: Route, st: RouteState, payload: bytes) -> Outcome:
+        t0 = time.perf_counter()
+        url = route.responses_url if ctx.native(route) else route.chat_url
+        try:
+            async with asyncio.timeout(route.request_timeout):
+                status, raw, retry_after = await self.upstream.post_json(route, payload, url)
+        except TimeoutError:
+            return Outcome.failed("timeout", f"no answer within {route.request_timeout:g}s")
+        except aiohttp.ClientConnectorError as exc:
+            return Outcome.failed("connect", str(exc.os_error or exc))
+        except (aiohttp.ClientError, OSError) as exc:
+            return hangup(ctx.policy, t0, exc)
+        finally:
+            ctx.upstream_wait += time.perf_counter() - t0
+        self.metrics.upstream.labels(name).observe(time.perf_counter() - t0)
+        err = error_answer(raw) if status == 200 else ErrorBody.parse(raw)
+        if err is not None:
+            return classify(status, err, retry_after)
+        if is_camera_triage(ctx.body):
+            raw = validate_camera(ctx, name, raw, self.acct.validations)
+        self._answered(ctx, name, st)
+        return Outcome("ok", response=Response(raw, media_type=JSON, headers=ctx.headers(name)))
+
+    async def _stream(self, ctx: Ctx, name: str, route: Route, st: RouteState, payload: bytes,
+                      release: Callable[[], None]) -> Outcome:
+        t0 = time.perf_counter()
+        resp: aiohttp.ClientResponse | None = None
+        buffered: list[bytes] = []
+        native = ctx.native(route)
+        track = StreamTrack(native=native)
+        first_end: UpstreamFault | bool | None = None
+        try:
+            async with asyncio.timeout(route.first_token_timeout):
+                resp = await self.upstream.post_stream(route, payload, route.responses_url if native else None)
+                if resp.status != 200 or resp.content_type == JSON:
+                    # An error, or a JSON body where a stream was asked for (an engine's 200 + error).
+                    raw = await resp.read()
+                    err = error_answer(raw) if resp.status == 200 else ErrorBody.parse(raw)
+                    if err is None:
+                        raise UpstreamFault("not_a_stream", f"JSON instead of a stream: {raw[:120]!r}")
+                    outcome = classify(resp.status, err, resp.headers.get("Retry-After"))
+                    resp.release()
+                    return outcome
+                # Hold the client's response until the first content (a role-only chunk is not enough).
+                sse = SSEReader(resp.content)
+                while not track.has_output:
+                    batch = await sse.batch()
+                    if batch is None:
+                        raise UpstreamFault("stream_cut", "stream ended before any content")
+                    out, done, fault = consume(track, batch)
+                    buffered.extend(out)
+                    if fault is not None and not track.has_output:
+                        raise fault
+                    if done and not track.has_output:
+                        raise UpstreamFault("stream_cut", "[DONE] before any content")
+                    if fault is not None or done:
+                        first_end = fault or True
+                        break
+        except TimeoutError:
+            if resp is not None:
+                resp.close()
+            waited = "headers" if resp is None else "first token"
+            return Outcome.failed("timeout", f"no {waited} within {route.first_token_timeout:g}s")
+        except UpstreamFault as exc:
+            assert resp is not None
+            resp.close()
+            if exc.kind == "stream_error":
+                # An error event before any content: read it like an error body (context, CUDA, ...).
+                outcome = classify(200, ErrorBody.of_message(exc.detail))
+                if outcome.kind != "fail":
+                    return outcome
+            return Outcome.failed(exc.kind, exc.detail)
+        except aiohttp.ClientConnectorError as exc:
+            return Outcome.failed("connect", str(exc.os_error or exc))
+        except (aiohttp.ClientError, OSError) as exc:
+            if resp is not None:
+                resp.close()
+            return hangup(ctx.policy, t0, exc)
+        finally:
+            ctx.upstream_wait += time.perf_counter() - t0
+        assert resp is not None
+        ttft = time.perf_counter() - t0
+        self.metrics.ttft.labels(name).observe(ttft)
+        self.metrics.upstream.labels(name).observe(ttft)
+        ctx.ttfb = time.perf_counter() - ctx.started
+        self._answered(ctx, name, st)
+        headers = ctx.headers(name)
+        headers["Cache-Control"] = "no-cache"
+        if first_end is True:
+            # The whole answer came in the first read (a short answer, a fast engine): one plain
+            # response, no relay to run, the slot and the upstream connection free at once.
+            release()
+            done_with(resp)
+            self._usage(ctx, track)
+            return Outcome("ok", response=Response(join(buffered) + DONE, media_type="text/event-stream",
+                                                   headers=headers))
+        gen = self._relay(ctx, name, route, resp, sse, buffered, track, first_end)
+
+        def on_close() -> None:
+            release()
+            done_with(resp, finished=ctx.status == 200 and ctx.logged and ctx.final_route == name)
+            if not ctx.logged:  # the client left before the answer ended
+                ctx.events.append("client_disconnected")
+                self.acct.finish(ctx)
+
+        return Outcome("ok", response=RelayResponse(gen, on_close, headers))
+
+    @staticmethod
+    def _usage(ctx: Ctx, track: StreamTrack) -> None:
+        if track.usage is not None and ctx.attempts:
+            ctx.attempts[-1]["usage"] = track.usage
+
+    def _completed(self, ctx: Ctx, name: str, track: StreamTrack) -> None:
+        """A relayed stream that ended well: its line is written before the last bytes go out, so a
+        client that reads the log after [DONE] finds it."""
+        self._usage(ctx, track)
+        self.acct.finish(ctx, name)
+
+    async def _relay(self, ctx: Ctx, name: str, route: Route, resp: aiohttp.ClientResponse, sse: SSEReader,
+                     buffered: list[bytes], track: StreamTrack,
+                     first_end: UpstreamFault | bool | None) -> AsyncIterator[bytes]:
+        fault: UpstreamFault | None = first_end if isinstance(first_end, UpstreamFault) else None
+        try:
+            if buffered:
+                yield join(buffered)
+            while fault is None:
+                try:
+                    if track.finished:
+                        async with asyncio.timeout(FINISH_GRACE):
+                            batch = await sse.batch()
+                    else:
+                        batch = await sse.batch()
+                except TimeoutError:
+                    if track.finished:
+                        batch = None  # finished properly but no [DONE]: finalise promptly
+                    else:
+                        raise UpstreamFault("stall", f"no data for {route.stream_idle_timeout:g}s") from None
+                if batch is None:
+                    if not track.finished:
+                        raise UpstreamFault("stream_cut", "upstream closed the stream mid-answer")
+                    if track.native:  # a Responses stream ends with response.completed: no [DONE] there
+                        self._completed(ctx, name, track)
+                        return
+                    ctx.events.append("finalised_without_done")
+                    self._completed(ctx, name, track)
+                    yield DONE
+                    return
+                out, done, fault = consume(track, batch)
+                if done:
+                    self._completed(ctx, name, track)
+                    yield join(out) + DONE
+                    return
+                if out:
+                    yield join(out)
+        except UpstreamFault as exc:
+            fault = exc
+        except (aiohttp.ClientError, OSError) as exc:
+            fault = UpstreamFault("stream_cut", f"{type(exc).__name__}: {exc}")
+        except TimeoutError:
+            fault = UpstreamFault("stall", f"no data for {route.stream_idle_timeout:g}s")
+        except Exception as exc:  # a bug of ours: on the record, and an in-band error, never a silent cut
+            log.exception("relay of request %s failed", ctx.request_id)
+            self.metrics.internal_errors.labels("relay").inc()
+            ctx.status, ctx.error = 500, f"internal error: {type(exc).__name__}"
+            self.acct.finish(ctx, name)
+            yield b"data: " + orjson.dumps(error_body(
+                f"Internal error in homelab-router (request {ctx.request_id})", type_="server_error",
+                code="internal_error")) + b"\n\n"
+            return
+        assert fault is not None
+        # Mid-stream failure: never a truncated success.
+        resp.close()
+        self.acct.fault(ctx, name, "mid_stream", fault.kind, f"{fault.kind}: {fault.detail}")
+        ctx.events.append(f"mid_stream:{name}:{fault.kind}")
+        if ctx.attempts:
+            ctx.attempts[-1].update(outcome="cut", detail=f"{fault.kind}: {fault.detail}"[:300],
+                                    usage={"completion_tokens": track.deltas, "counted": True})
+        cont_ok = False
+        async for chunk in self.continuation.answer(ctx, name, route, track):
+            cont_ok = True
+            yield chunk
+        if not cont_ok:
+            ctx.status = 502
+            ctx.error = f"{fault.kind}: {fault.detail}"
+            msg = f"The upstream '{name}' failed mid-answer ({fault.kind}: {fault.detail}); the answer is incomplete."
+            body = error_body(msg, type_="server_error", code="upstream_stream_failed")
+            self.acct.finish(ctx, name)
+            yield b"data: " + orjson.dumps(body) + b"\n\n"

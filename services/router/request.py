@@ -1,0 +1,56 @@
+"""What one request carries through the router's path: its context, and the path's shared constants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.router.decide import Decision
+from services.router.policy import Policy, Route
+from services.router.preflight import Preflight
+
+DONE = b"data: [DONE]\n\n"
+JSON = "application/json"
+FINISH_GRACE = 0.5  # seconds to wait for [DONE] (or a usage chunk) after finish_reason
+
+
+@dataclass(slots=True)
+class Ctx:
+    """Everything known about one request while it is routed, and what its decision-log line says."""
+
+    request_id: str
+    body: dict[str, Any]
+    pre: Preflight
+    decision: Decision
+    policy: Policy
+    started: float
+    path: list[str] = field(default_factory=list)
+    reason: str = ""
+    upstream_wait: float = 0.0
+    status: int = 0
+    error: str | None = None
+    ttfb: float | None = None
+    final_route: str | None = None
+    events: list[str] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, Any] | None = None
+    logged: bool = False
+    endpoint: str = "/v1/chat/completions"
+    responses: dict[str, Any] | None = None  # the original /v1/responses body (native routes get it as is)
+
+    def native(self, route: Route) -> bool:
+        return self.responses is not None and route.responses == "native"
+
+    @property
+    def route(self) -> str:
+        """The route the request ended on (or was last tried on, or was decided for)."""
+        return self.final_route or (self.path[-1] if self.path else self.decision.route)
+
+    def headers(self, route: str) -> dict[str, str]:
+        return {
+            "X-Homelab-Route": route,
+            "X-Homelab-Bucket": self.decision.bucket or "",
+            "X-Homelab-Reason": self.reason,
+            "X-Homelab-Fallback-Path": ",".join(self.path),
+            "X-Request-Id": self.request_id,
+        }

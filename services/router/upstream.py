@@ -1,0 +1,58 @@
+"""The wire to an engine: the body it is sent, its headers, the POST."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from services.router.policy import Route
+from services.router.request import JSON, Ctx
+
+
+def auth(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+class Upstream:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    @staticmethod
+    def payload(ctx: Ctx, route: Route, extra: dict[str, Any] | None = None) -> bytes:
+        """The body for ``route``: its own model name; the native Responses body for a native route."""
+        if ctx.native(route) and not extra:
+            assert ctx.responses is not None
+            return orjson.dumps({**ctx.responses, "model": route.model})
+        body = ctx.body
+        if body.get("model") != route.model or extra:
+            body = {**body, "model": route.model, **(extra or {})}
+        if route.structured_output == "json_object":
+            rf = body.get("response_format")
+            if isinstance(rf, dict) and rf.get("type") == "json_schema":
+                js = rf.get("json_schema")
+                schema = js.get("schema") if isinstance(js, dict) else None
+                if not isinstance(schema, dict):
+                    schema = {"type": "object"}
+                body = {**body, "response_format": {"type": "json_object", "schema": schema}}
+        return orjson.dumps(body)
+
+    @staticmethod
+    def headers(route: Route) -> dict[str, str]:
+        return {"Content-Type": JSON, **auth(route.api_key)}
+
+    async def post_stream(self, route: Route, payload: bytes, url: str | None = None) -> aiohttp.ClientResponse:
+        """POST for a streamed answer; the caller reads (and closes) the response."""
+        # sock_read: aiohttp's per-read timeout is the stream idle timeout, at no cost per chunk
+        return await self.session.post(
+            url or route.chat_url, data=payload, headers=self.headers(route),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=route.connect_timeout,
+                                          sock_read=route.stream_idle_timeout))
+
+    async def post_json(self, route: Route, payload: bytes, url: str) -> tuple[int, bytes, str | None]:
+        """POST for a whole answer: (status, body, Retry-After)."""
+        async with self.session.post(url, data=payload, headers=self.headers(route),
+                                     timeout=aiohttp.ClientTimeout(total=None,
+                                                                   sock_connect=route.connect_timeout)) as resp:
+            return resp.status, await resp.read(), resp.headers.get("Retry-After")

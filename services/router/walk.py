@@ -1,0 +1,62 @@
+"""The route walk, pure: which route a request may take next, and why (no I/O, no clock of its own).
+
+The dispatcher performs the walk: it asks :func:`admission` whether a route can take the request
+now, tries it, and asks :func:`next_route` / :func:`context_next` where to go after a refusal or a
+failed attempt. A route is visited at most once (a retry on the same route is the attempt's own).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from services.router.decide import Decision
+from services.router.policy import Policy, Route
+from services.router.state import RouteState
+
+Skip = Literal["no_vision", "drained", "down", "saturated"]
+Cause = Literal["drained", "down", "saturated"]
+
+
+def admission(name: str, route: Route, st: RouteState, decision: Decision, *, has_image: bool,
+              cooldown: float) -> Skip | None:
+    """Why ``route`` cannot take this request now, or None when it can.
+
+    A pinned route passes its own drain; an open circuit half-opens after ``cooldown`` and then
+    admits one trial request at a time.
+    """
+    if has_image and not route.vision:
+        return "no_vision"
+    if st.drained and not (decision.pinned and name == decision.route):
+        return "drained"
+    if not st.available(cooldown):
+        return "down"
+    if st.in_flight >= route.max_concurrency:
+        return "saturated"
+    return None
+
+
+def next_route(route: Route, has_image: bool, cause: Cause) -> str | None:
+    """Where a request goes when ``route`` refused it or failed it (None: nowhere, give up)."""
+    if route.terminal:
+        return None
+    if cause == "saturated" and route.spill is not None:
+        return route.spill.image if has_image else route.spill.text
+    return route.failover
+
+
+def vision_fallback(policy: Policy, tried: set[str]) -> str | None:
+    """A route that can see, for an image that reached a blind route."""
+    if policy.image_route not in tried:
+        return policy.image_route
+    for name, r in policy.routes.items():
+        if r.vision and name not in tried:
+            return name
+    return None
+
+
+def context_next(route: Route, tried: set[str], hopped: bool) -> str | None:
+    """The one hop a context-length error may take (``context_failover``, else ``failover``)."""
+    nxt = route.context_failover or route.failover
+    if hopped or nxt is None or nxt in tried:
+        return None
+    return nxt
