@@ -49,6 +49,9 @@ class Message:
     retain: bool = False
 
 
+_DEATH = Message("", b"")  # put in the inbox when the connection task died
+
+
 @dataclass(slots=True)
 class _Outgoing:
     topic: str
@@ -65,6 +68,23 @@ def _encode(payload: bytes | str | BaseModel) -> bytes:
     if isinstance(payload, str):
         return payload.encode()
     return payload
+
+
+MAX_TOPIC_BYTES = 65_535
+
+
+class BusDied(RuntimeError):
+    """The bus's connection task ended with an error: the service must stop (and be restarted), not
+    go on looking alive while nothing moves."""
+
+
+def check_topic(topic: str) -> None:
+    """A topic a broker accepts for a publish, or a ValueError that says why not."""
+    size = len(topic.encode("utf-8"))
+    if not topic or size > MAX_TOPIC_BYTES:
+        raise ValueError(f"MQTT topic of {size} bytes (1 to {MAX_TOPIC_BYTES} allowed): {topic[:80]!r}")
+    if "+" in topic or "#" in topic or "\x00" in topic:
+        raise ValueError(f"MQTT topic with a wildcard or NUL cannot be published to: {topic[:80]!r}")
 
 
 def payload_bytes(p: object) -> bytes:
@@ -110,6 +130,7 @@ class Bus:
         self._task: asyncio.Task[None] | None = None
         self._client: aiomqtt.Client | None = None
         self._closing = False
+        self._died: BaseException | None = None
 
     @property
     def status_topic(self) -> str:
@@ -117,7 +138,17 @@ class Bus:
 
     async def __aenter__(self) -> Bus:
         self._task = asyncio.create_task(self._run(), name=f"mqtt-{self.service}")
+        self._task.add_done_callback(self._ended)
         return self
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._closing:
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.critical("%s: the MQTT connection task died: %r; stopping the service", self.service, exc)
+            self._died = exc
+            self._inbox.put_nowait(_DEATH)
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -141,14 +172,20 @@ class Bus:
         # aiomqtt may turn the cancellation into an MqttError ("Disconnected during message iteration"):
         # the flag stops the reconnect loop either way
         self._closing = True
-        self._task.cancel()
+        task, self._task = self._task, None
+        if task.done():
+            return  # it died (reported through messages()) or was cancelled already
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+            await task
 
     async def publish(self, topic: str, payload: bytes | str | BaseModel, *, qos: int = 1,
-                      retain: bool = False, wait: bool = False) -> None:
-        """Queue a message; it is sent now or after the next reconnect. ``wait``: until the broker acks."""
+                      retain: bool = False, wait: bool = False) -> asyncio.Future[None]:
+        """Queue a message; it is sent now or after the next reconnect. ``wait``: until the broker acks.
+
+        Returns the future the broker's acknowledgement resolves. A topic MQTT cannot carry (empty,
+        wildcards, over 65,535 bytes) is a ValueError here, never a dead sender later."""
+        check_topic(topic)
         item = _Outgoing(topic, _encode(payload), qos, retain, asyncio.get_running_loop().create_future())
         self._outbox.append(item)
         if self.outbox_limit is not None:
@@ -160,6 +197,7 @@ class Bus:
         self._outbox_ready.set()
         if wait:
             await asyncio.shield(item.done)
+        return item.done
 
     async def subscribe(self, topic: str) -> None:
         if topic not in self.subscriptions:
@@ -169,13 +207,18 @@ class Bus:
 
     async def messages(self) -> AsyncIterator[Message]:
         while True:
-            yield await self._inbox.get()
+            msg = await self._inbox.get()
+            if msg is _DEATH:
+                raise BusDied(f"{self.service}: the MQTT connection task died: {self._died!r}") from self._died
+            yield msg
 
     def take_received(self) -> list[Message]:
         """Messages received (and acked to the broker) but not yet taken: handle them before leaving."""
         out = []
         while not self._inbox.empty():
-            out.append(self._inbox.get_nowait())
+            msg = self._inbox.get_nowait()
+            if msg is not _DEATH:
+                out.append(msg)
         return out
 
     def pending(self) -> int:
@@ -205,23 +248,17 @@ class Bus:
                     self.connected.set()
                     await self.publish(self.status_topic + "/since", _since("online"), retain=True)
                     delay = 0.2
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._sender(client), name=f"mqtt-send-{self.service}")
-                        if self.on_connect is not None:
-                            tg.create_task(self.on_connect(self), name=f"mqtt-on-connect-{self.service}")
-                        async for m in client.messages:
-                            topic, payload = str(m.topic), payload_bytes(m.payload)
-                            if topic == HA_STATUS and self.on_ha_online is not None:
-                                if payload == b"online":
-                                    tg.create_task(self._ha_online(), name=f"mqtt-ha-online-{self.service}")
-                                continue
-                            if topic in self.confirm:
-                                self._echoes[hash((topic, payload))] = None
-                                if len(self._echoes) > ECHO_MEMORY:
-                                    self._echoes.popitem(last=False)
-                                if topic not in self.subscriptions:
-                                    continue
-                            self._inbox.put_nowait(Message(topic, payload, bool(m.retain)))
+                    try:
+                        await self._serve(client)
+                    except* aiomqtt.MqttError:
+                        raise
+                    except* Exception:
+                        # a bug, not the network: say offline (the LWT only fires on a lost connection),
+                        # then let the task die so that the service stops
+                        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                            async with asyncio.timeout(1):
+                                await client.publish(self.status_topic, b"offline", qos=1, retain=True)
+                        raise
             except* aiomqtt.MqttError as eg:
                 exc = eg.exceptions[0]
                 # A reconnect is a warning, not an error.
@@ -234,6 +271,26 @@ class Bus:
                 return
             await asyncio.sleep(delay * random.uniform(0.5, 1.0) + 0.05)
             delay = min(delay * 2, RECONNECT_CAP)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """One connection's life: the sender, the on-connect hook, and the messages in."""
+        async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._sender(client), name=f"mqtt-send-{self.service}")
+                if self.on_connect is not None:
+                    tg.create_task(self.on_connect(self), name=f"mqtt-on-connect-{self.service}")
+                async for m in client.messages:
+                    topic, payload = str(m.topic), payload_bytes(m.payload)
+                    if topic == HA_STATUS and self.on_ha_online is not None:
+                        if payload == b"online":
+                            tg.create_task(self._ha_online(), name=f"mqtt-ha-online-{self.service}")
+                        continue
+                    if topic in self.confirm:
+                        self._echoes[hash((topic, payload))] = None
+                        if len(self._echoes) > ECHO_MEMORY:
+                            self._echoes.popitem(last=False)
+                        if topic not in self.subscriptions:
+                            continue
+                    self._inbox.put_nowait(Message(topic, payload, bool(m.retain)))
 
     async def _ha_online(self) -> None:
         assert self.on_ha_online is not None

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Source = Literal["frigate", "ring_push", "ring_mqtt", "ring_poll"]
 
 
+# A camera name or an id becomes part of MQTT topics, entity ids and file names: bounded.
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+
+# NaN and infinities are no time and no score: a payload carrying them is invalid (JSON has neither;
+# Python's encoder writes them anyway).
 class _Ours(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _Theirs(BaseModel):
     # Frigate and Ring add fields every release: unknown keys are ignored, not errors.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 def new_trace_id() -> str:
@@ -35,9 +40,9 @@ class SnapshotRef(_Ours):
 class CameraEvent(_Ours):
     """One camera event from any source (homelab/camera/event/raw and .../unique)."""
 
-    event_id: str  # identity: "frigate:<id>", "ring:<ding id>", "ring_mqtt:<device>:<kind>:<ts>"
+    event_id: Name  # identity: "frigate:<id>", "ring:<ding id>", "ring_mqtt:<device>:<kind>:<ts>"
     source: Source
-    camera: str
+    camera: Name
     kind: str  # motion, ding, person, car, ...
     label: str | None = None
     sub_label: str | None = None
@@ -52,8 +57,8 @@ class CameraEvent(_Ours):
 # ---- Frigate (input) ---------------------------------------------------------------------------
 
 class FrigateObject(_Theirs):
-    id: str
-    camera: str
+    id: Name
+    camera: Name
     label: str
     sub_label: str | None = None
     score: float | None = None
@@ -94,8 +99,8 @@ class FrigateReviewData(_Theirs):
 
 
 class FrigateReviewItem(_Theirs):
-    id: str
-    camera: str
+    id: Name
+    camera: Name
     severity: Literal["alert", "detection"]
     start_time: float
     end_time: float | None = None

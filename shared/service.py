@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -36,6 +36,15 @@ class Validations:
         rec = Invalid(source=self.source, topic=topic, error=error[:1000],
                       payload=payload[:500].decode("utf-8", "replace"))
         self.writer.write(rec.model_dump())
+
+    @contextlib.contextmanager
+    def guard(self, topic: str, payload: bytes) -> Iterator[None]:
+        """Handle one message: whatever it breaks is logged and recorded, and the service goes on."""
+        try:
+            yield
+        except Exception as exc:
+            log.exception("%s: a message on %s could not be handled", self.source, topic[:200])
+            self.invalid(topic[:1000], payload, f"{type(exc).__name__}: {exc}")
 
     def decode(self, model: type[M], topic: str, payload: bytes) -> M | None:
         """Decode a payload into ``model``; a bad one is logged and skipped (None), never raised."""
@@ -71,7 +80,9 @@ async def every(interval: float, job: Callable[[], Coroutine[Any, Any, object]],
 
 
 def run_service(main: Callable[[Settings], Coroutine[Any, Any, None]], settings: Settings) -> int:
-    """Run a service's main until SIGINT/SIGTERM, then let it shut down cleanly."""
+    """Run a service's main until SIGINT/SIGTERM, then let it shut down cleanly (exit 0). A main that
+    fails ends the process with exit 1, so that its supervisor sees it and restarts it: a service
+    whose work stopped never stays up looking alive."""
 
     async def runner() -> None:
         task = asyncio.create_task(main(settings), name=main.__module__)
@@ -82,5 +93,10 @@ def run_service(main: Callable[[Settings], Coroutine[Any, Any, None]], settings:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    asyncio.run(runner())
+    try:
+        asyncio.run(runner())
+    except Exception:
+        log.critical("%s stopped on an error; exiting 1 for the supervisor to restart it", main.__module__,
+                     exc_info=True)
+        return 1
     return 0

@@ -1,7 +1,9 @@
 """Two-layer dedup, decided without a broker: identity (TTL), then camera + kind window across triggers.
 
 The first event is forwarded at once; later ones are dropped. State is SQLite, so a restart of
-dedup (or ring-mqtt replaying its state) fires nothing again.
+dedup (or ring-mqtt replaying its state) fires nothing again. A forwarded event is kept in the
+``outbox`` table, in the same transaction that marks it seen, until the broker has acknowledged its
+publish: a restart during a broker outage sends it then, instead of losing it.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ CREATE TABLE IF NOT EXISTS forwarded (
     camera TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, at REAL NOT NULL, event_id TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS forwarded_key ON forwarded (camera, kind, at);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (event_id TEXT PRIMARY KEY, payload BLOB NOT NULL);
 """
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class DedupDecision:
     verdict: Verdict
     merged_into: str | None = None
 
@@ -47,13 +50,13 @@ class Deduper:
         for name, value in self.db.execute("SELECT name, value FROM counters"):
             self.counts[name] = value
 
-    def decide(self, ev: CameraEvent, now: float) -> Decision:
+    def decide(self, ev: CameraEvent, now: float) -> DedupDecision:
         """Decide and record; call once per received event."""
         db = self.db
         db.execute("BEGIN")
         try:
             if db.execute("SELECT 1 FROM seen WHERE identity = ?", (ev.event_id,)).fetchone():
-                decision = self._count(Decision("duplicate"))
+                decision = self._count(DedupDecision("duplicate"))
                 db.execute("COMMIT")
                 return decision
             db.execute("INSERT INTO seen (identity, at) VALUES (?, ?)", (ev.event_id, now))
@@ -68,9 +71,11 @@ class Deduper:
             if row is None:
                 db.execute("INSERT INTO forwarded (camera, kind, source, at, event_id) VALUES (?, ?, ?, ?, ?)",
                            (ev.camera, ev.kind, ev.source, ev.started_at, ev.event_id))
-                decision = Decision("forward")
+                db.execute("INSERT OR REPLACE INTO outbox (event_id, payload) VALUES (?, ?)",
+                           (ev.event_id, ev.model_dump_json(exclude_none=True).encode()))
+                decision = DedupDecision("forward")
             else:
-                decision = Decision("merged", row[0])
+                decision = DedupDecision("merged", row[0])
             self._count(decision)
             db.execute("COMMIT")
         except BaseException:
@@ -78,16 +83,19 @@ class Deduper:
             raise
         return decision
 
-    def forget(self, ev: CameraEvent) -> None:
-        """Undo a forward that could not be published, so the event is not lost on redelivery."""
-        self.db.execute("DELETE FROM seen WHERE identity = ?", (ev.event_id,))
-        self.db.execute("DELETE FROM forwarded WHERE event_id = ?", (ev.event_id,))
+    def sent(self, event_id: str) -> None:
+        """The broker acknowledged the forward: nothing left to resend."""
+        self.db.execute("DELETE FROM outbox WHERE event_id = ?", (event_id,))
+
+    def unsent(self) -> list[tuple[str, bytes]]:
+        """Forwards decided but not acknowledged (a restart during a broker outage): send them again."""
+        return [(r[0], bytes(r[1])) for r in self.db.execute("SELECT event_id, payload FROM outbox")]
 
     def prune(self, now: float) -> None:
         self.db.execute("DELETE FROM seen WHERE at < ?", (now - self.cfg.identity_ttl,))
         self.db.execute("DELETE FROM forwarded WHERE at < ?", (now - max(self.cfg.window * 10, 3600),))
 
-    def _count(self, d: Decision) -> Decision:
+    def _count(self, d: DedupDecision) -> DedupDecision:
         self.counts[d.verdict] += 1
         self.db.execute("INSERT INTO counters (name, value) VALUES (?, 1) "
                         "ON CONFLICT(name) DO UPDATE SET value = value + 1", (d.verdict,))

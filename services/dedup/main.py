@@ -28,6 +28,9 @@ async def main(settings: Settings) -> None:
     dedup.prune(time.time())
     try:
         async with Bus(settings.mqtt_url, SERVICE, subscribe=[topics.RAW], confirm=(topics.UNIQUE,)) as bus:
+            for event_id, payload in dedup.unsent():
+                log.info("resending %s: decided before a restart, never acknowledged", event_id)
+                _when_sent(dedup, event_id, await bus.publish(topics.UNIQUE, payload))
             try:
                 await _loop(bus, dedup, validations)
             finally:
@@ -36,13 +39,27 @@ async def main(settings: Settings) -> None:
         store.close()
 
 
+def _when_sent(dedup: Deduper, event_id: str, acked: asyncio.Future[None]) -> None:
+    def done(f: asyncio.Future[None]) -> None:
+        if not f.cancelled() and f.exception() is None:
+            dedup.sent(event_id)
+
+    acked.add_done_callback(done)
+
+
 async def _handle(bus: Bus, dedup: Deduper, validations: Validations, topic: str, payload: bytes) -> None:
+    """One raw event; never raises (a payload that breaks the decision is logged and skipped)."""
     ev = validations.decode(CameraEvent, topic, payload)
     if ev is None:
         return
-    d = dedup.decide(ev, time.time())
+    try:
+        d = dedup.decide(ev, time.time())
+    except Exception as exc:  # the store refused it: this event is skipped, the service goes on
+        log.exception("dedup could not decide %s", ev.event_id)
+        validations.invalid(topic, payload, f"{type(exc).__name__}: {exc}")
+        return
     if d.verdict == "forward":
-        await bus.publish(topics.UNIQUE, ev)
+        _when_sent(dedup, ev.event_id, await bus.publish(topics.UNIQUE, ev))
         log.info("unique %s camera=%s kind=%s source=%s trace=%s", ev.event_id, ev.camera, ev.kind, ev.source,
                  ev.trace_id)
     else:

@@ -47,13 +47,14 @@ async def main(settings: Settings) -> None:
                    on_ha_online=announce) as bus:
         log.info("frigate_consumer: listening on %s", trigger)
         async for msg in bus.messages():
-            if msg.topic == events_topic:
-                ev = validations.decode(FrigateEvent, msg.topic, msg.payload)
-                out = ingest.on_event(ev) if ev else None
-            else:
-                rv = validations.decode(FrigateReview, msg.topic, msg.payload)
-                out = ingest.on_review(rv) if rv else None
-            if out is not None:
-                log.info("frigate event %s camera=%s label=%s trace=%s", out.event_id, out.camera, out.kind,
-                         out.trace_id)
-                await bus.publish(topics.RAW, out)
+            with validations.guard(msg.topic, msg.payload):
+                if msg.topic == events_topic:
+                    ev = validations.decode(FrigateEvent, msg.topic, msg.payload)
+                    out = ingest.on_event(ev) if ev else None
+                else:
+                    rv = validations.decode(FrigateReview, msg.topic, msg.payload)
+                    out = ingest.on_review(rv) if rv else None
+                if out is not None:
+                    log.info("frigate event %s camera=%s label=%s trace=%s", out.event_id, out.camera, out.kind,
+                             out.trace_id)
+                    await bus.publish(topics.RAW, out)

@@ -185,4 +185,5 @@ async def main(settings: Settings) -> None:
                 if settings.ring.poll_interval > 0:
                     tg.create_task(rl.run_poll(), name="ring-poll")
             async for msg in bus.messages():
-                await rl.on_mqtt(msg.topic, msg.payload)
+                with validations.guard(msg.topic, msg.payload):
+                    await rl.on_mqtt(msg.topic, msg.payload)

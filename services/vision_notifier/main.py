@@ -43,6 +43,8 @@ from shared.settings import Settings
 
 SERVICE = "vision_notifier"
 RING_SNAPSHOTS = "+/+/camera/+/snapshot/image"
+RING_IMAGE_TTL = 600.0  # an older ring-mqtt image describes nothing that happens now
+RING_IMAGE_TOPICS = 64  # doorbells and cameras of one home, with room to spare
 log = logging.getLogger("homelab.vision_notifier")
 
 Send = Callable[[CameraEvent, dict[str, Any]], Awaitable[None]]
@@ -91,8 +93,16 @@ class Notifier:
                 log.exception("event %s failed unexpectedly", ev.event_id)
 
     async def on_ring_image(self, topic: str, payload: bytes) -> None:
+        """Keep the latest image per ring-mqtt snapshot topic, for a bounded time and number of topics."""
         async with self.ring_arrived:
-            self.ring_images[topic] = (time.time(), payload)
+            now = time.time()
+            images = self.ring_images
+            images.pop(topic, None)
+            images[topic] = (now, payload)  # newest last
+            for old in [t for t, (at, _) in images.items() if now - at > RING_IMAGE_TTL]:
+                del images[old]
+            while len(images) > RING_IMAGE_TOPICS:
+                del images[next(iter(images))]
             self.ring_arrived.notify_all()
 
     async def announce_all(self) -> None:
@@ -317,12 +327,13 @@ async def main(settings: Settings, configure: Callable[[Notifier], None] | None 
                              ", ".join(sorted(sent)) or "-")
                     tg.create_task(n.run(pending, sent), name=f"event-{pending.event_id}")
                 async for msg in bus.messages():
-                    if msg.topic == topics.UNIQUE:
-                        ev = validations.decode(CameraEvent, msg.topic, msg.payload)
-                        if ev is not None:
-                            tg.create_task(n.handle(ev), name=f"event-{ev.event_id}")
-                    elif ring_pattern.match(msg.topic):
-                        await n.on_ring_image(msg.topic, msg.payload)
+                    with validations.guard(msg.topic, msg.payload):
+                        if msg.topic == topics.UNIQUE:
+                            ev = validations.decode(CameraEvent, msg.topic, msg.payload)
+                            if ev is not None:
+                                tg.create_task(n.handle(ev), name=f"event-{ev.event_id}")
+                        elif ring_pattern.match(msg.topic):
+                            await n.on_ring_image(msg.topic, msg.payload)
                 retention.cancel()
     finally:
         store.close()

@@ -56,7 +56,7 @@ def status_seen(http_status: int, body: str, streaming: bool) -> int:
         if not data or data == "[DONE]":
             continue
         ev = orjson.loads(data)
-        if isinstance(ev.get("error"), dict) and not ev.get("choices") or ev.get("type") in ("error",
+        if (isinstance(ev.get("error"), dict) and not ev.get("choices")) or ev.get("type") in ("error",
                                                                                                  "response.failed"):
             return 502
     return http_status
