@@ -8,16 +8,19 @@ stream), an unexpected exception as an OpenAI-shaped 500 that carries the reques
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+import yaml
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
@@ -31,8 +34,17 @@ from services.router.request import JSON, Ctx
 from services.router.responses import StreamTranslator, to_chat, to_response
 from services.router.service import RouterService
 from services.router.upstream import auth
+from services.router.upstream import body as upstream_body
 
 log = logging.getLogger("homelab.router.api")
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """The router's own API description (``services/router/openapi.yaml``)."""
+    doc: dict[str, Any] = yaml.safe_load(OPENAPI.read_text(encoding="utf-8"))
+    return doc
 
 
 @dataclass(slots=True)
@@ -162,7 +174,8 @@ class PublicAPI:
                                   "route": name, "reason": "embeddings_route"}
         try:
             async with asyncio.timeout(route.request_timeout):
-                async with svc.session.post(route.embeddings_url, data=orjson.dumps({**body, "model": route.model}),
+                async with svc.session.post(route.embeddings_url,
+                                            data=upstream_body(orjson.dumps({**body, "model": route.model})),
                                             headers={"Content-Type": JSON, **auth(route.api_key)}) as r:
                     raw = await r.read()
                     resp = Response(raw, status_code=r.status, media_type=JSON, headers=headers)
@@ -186,6 +199,9 @@ class PublicAPI:
     async def metrics(self) -> Response:
         return Response(generate_latest(self.svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def openapi(self) -> Response:
+        return Response(orjson.dumps(openapi_document()), media_type=JSON)
+
     async def stats(self, request: Request) -> Response:
         admin = is_admin(request, self.svc.settings.admin_token)
         return Response(orjson.dumps(self.svc.stats(admin=admin)), media_type=JSON)
@@ -203,3 +219,4 @@ def mount(app: FastAPI, api: PublicAPI,
     app.get("/v1/models")(api.models)
     app.get("/metrics")(api.metrics)
     app.get("/stats")(api.stats)
+    app.get("/openapi.json")(api.openapi)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import aiohttp
@@ -9,6 +10,14 @@ import orjson
 
 from services.router.policy import Route
 from services.router.request import JSON, Ctx
+
+# aiohttp writes a bytes body in one go and warns past 1 MiB that it may hold the event loop; a file
+# object is written in pieces.
+LARGE_BODY = 1024 * 1024
+
+
+def body(payload: bytes) -> bytes | io.BytesIO:
+    return io.BytesIO(payload) if len(payload) >= LARGE_BODY else payload
 
 
 def auth(key: str | None) -> dict[str, str]:
@@ -46,13 +55,13 @@ class Upstream:
         """POST for a streamed answer; the caller reads (and closes) the response."""
         # sock_read: aiohttp's per-read timeout is the stream idle timeout, at no cost per chunk
         return await self.session.post(
-            url or route.chat_url, data=payload, headers=self.headers(route),
+            url or route.chat_url, data=body(payload), headers=self.headers(route),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=route.connect_timeout,
                                           sock_read=route.stream_idle_timeout))
 
     async def post_json(self, route: Route, payload: bytes, url: str) -> tuple[int, bytes, str | None]:
         """POST for a whole answer: (status, body, Retry-After)."""
-        async with self.session.post(url, data=payload, headers=self.headers(route),
+        async with self.session.post(url, data=body(payload), headers=self.headers(route),
                                      timeout=aiohttp.ClientTimeout(total=None,
                                                                    sock_connect=route.connect_timeout)) as resp:
             return resp.status, await resp.read(), resp.headers.get("Retry-After")

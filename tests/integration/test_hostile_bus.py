@@ -74,7 +74,7 @@ def hostile_payloads(n: int) -> list[bytes]:
 def _mutate(args: tuple[dict[str, Any], int, Any]) -> bytes:
     shape, i, value = args
     doc = json.loads(json.dumps(shape))
-    target = doc["after"] if "after" in doc else doc
+    target = doc.get("after", doc)
     keys = sorted(target)
     target[keys[i % len(keys)]] = value
     return json.dumps(doc).encode()
