@@ -153,7 +153,6 @@ async def _main(a: argparse.Namespace) -> int:
     stop = stop_event()
     children = _children(a)
     os.environ.setdefault("HOMELAB_ROUTER_URL", f"http://{a.host}:{a.port}/v1")
-    os.environ["HOMELAB_POLICY"] = str(a.policy)  # the watchdog watches what the router serves
     broker = None if a.no_services else _local_broker(Path(os.environ.get("HOMELAB_STATE_DIR") or "state"))
     if broker is not None:
         children.insert(0, broker)

@@ -94,7 +94,9 @@ class WatchedRoute(_Section):
 
 
 class WatchdogSettings(_Section):
-    policy: Path = Path("config/routing_policy.yaml")
+    # The routes, their terminal flags and their health come from the router's admin API
+    # (GET /admin/upstreams with the admin token): the policy in force, reloads and promotions
+    # included, probed once for the whole lab by the router.
     interval: float = Field(default=60.0, gt=0)
     probe_timeout: float = Field(default=5.0, gt=0)
     failures_before_restart: int = Field(default=3, ge=1)
@@ -168,10 +170,6 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     for var, key in ENV.items():
         if env.get(var):
             data[key] = env[var]
-    if env.get("HOMELAB_POLICY"):  # the routing policy the router serves, for the watchdog too
-        watchdog = dict(data.get("watchdog") or {})  # type: ignore[call-overload]
-        watchdog["policy"] = env["HOMELAB_POLICY"]
-        data["watchdog"] = watchdog
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

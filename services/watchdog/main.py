@@ -1,5 +1,9 @@
-"""watchdog's I/O: probes, restart actions (Docker SDK, systemd --user, a command), CUDA recovery,
-recovery-events.jsonl, MQTT, and the operator's alert."""
+"""watchdog's I/O: the router's view of every route, restart actions (Docker SDK, systemd --user, a
+command), CUDA recovery, recovery-events.jsonl, MQTT, and the operator's alert.
+
+The lab has one prober, the router: each tick reads ``GET /admin/upstreams`` (the policy in force,
+reloads and promotions included: which routes exist, which are terminal, whether each one's probe
+answers), so the watchdog never disagrees with what serves the traffic."""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from typing import Any
 import httpx
 import orjson
 
-from services.router.policy import Policy, load_policy
 from services.watchdog.core import Action, WatchdogCore
 from shared.alerts import Alerter
 from shared.bus import Bus
@@ -66,21 +69,33 @@ class Watchdog:
     def __init__(self, settings: Settings, bus: Bus | None, client: httpx.AsyncClient) -> None:
         self.settings = settings
         self.cfg = settings.watchdog
-        self.policy: Policy = load_policy(self.cfg.policy)
-        self.core = WatchdogCore(self.cfg, {n for n, r in self.policy.routes.items() if r.terminal})
+        self.core = WatchdogCore(self.cfg, set())
+        self.router_base = settings.router_url.rstrip("/").removesuffix("/v1")
+        token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+        self.admin_headers = {"Authorization": f"Bearer {token}"}
+        self.router_reachable = True
         self.bus = bus
         self.client = client
         self.alerter = Alerter(settings, bus, client)
         self.events = JsonlWriter(settings.log_dir / "recovery-events.jsonl", keep_open=False)
 
-    async def probe(self, route: str) -> bool:
-        r = self.policy.routes[route]
+    async def routes(self) -> dict[str, dict[str, Any]] | None:
+        """Every route's state as the router sees it, or None when the router cannot say."""
         try:
-            resp = await self.client.get(r.models_url, timeout=self.cfg.probe_timeout,
-                                         headers={"Authorization": f"Bearer {r.api_key}"} if r.api_key else None)
-            return resp.status_code == 200
-        except httpx.HTTPError:
-            return False
+            r = await self.client.get(f"{self.router_base}/admin/upstreams", headers=self.admin_headers,
+                                      timeout=self.cfg.probe_timeout)
+            r.raise_for_status()
+            routes = r.json()["routes"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            if self.router_reachable:
+                log.error("watchdog: cannot read the router's routes at %s/admin/upstreams (%s); no route is "
+                          "judged until it answers", self.router_base, exc)
+            self.router_reachable = False
+            return None
+        if not self.router_reachable:
+            log.warning("watchdog: the router answers again")
+        self.router_reachable = True
+        return routes if isinstance(routes, dict) else None
 
     async def cuda_ok(self, route: str) -> bool | None:
         watched = self.cfg.routes.get(route)
@@ -91,11 +106,16 @@ class Watchdog:
 
     async def tick(self, now: float | None = None) -> list[dict[str, Any]]:
         now = time.monotonic() if now is None else now
-        results = await asyncio.gather(*(self._route(name, now) for name in self.policy.routes))
+        routes = await self.routes()
+        if routes is None:
+            return []
+        self.core.terminal = {name for name, r in routes.items() if r.get("terminal")}
+        results = await asyncio.gather(*(self._route(name, bool(r.get("probe_ok")), now)
+                                         for name, r in routes.items()))
         return [r for rs in results for r in rs]
 
-    async def _route(self, name: str, now: float) -> list[dict[str, Any]]:
-        actions = self.core.on_probe(name, await self.probe(name), now)
+    async def _route(self, name: str, probe_ok: bool, now: float) -> list[dict[str, Any]]:
+        actions = self.core.on_probe(name, probe_ok, now)
         cuda = await self.cuda_ok(name)
         if cuda is not None:
             actions += self.core.on_cuda(name, cuda, now)
@@ -124,11 +144,9 @@ class Watchdog:
         watched = self.cfg.routes.get(route)
         how = watched.cuda_recover if watched and watched.cuda_recover else None
         if how is None or how.kind == "router":
-            token = self.settings.admin_token.get_secret_value() if self.settings.admin_token else ""
-            base = self.settings.router_url.rstrip("/").removesuffix("/v1")
             try:
-                r = await self.client.post(f"{base}/admin/recover-cuda", json={"route": route},
-                                           headers={"Authorization": f"Bearer {token}"}, timeout=600)
+                r = await self.client.post(f"{self.router_base}/admin/recover-cuda", json={"route": route},
+                                           headers=self.admin_headers, timeout=600)
                 return r.status_code == 200, r.text[-500:]
             except httpx.HTTPError as exc:
                 return False, f"{type(exc).__name__}: {exc}"
@@ -139,5 +157,5 @@ class Watchdog:
 async def main(settings: Settings) -> None:
     async with httpx.AsyncClient() as client, Bus(settings.mqtt_url, SERVICE) as bus:
         dog = Watchdog(settings, bus, client)
-        log.info("watchdog: %d routes every %ss", len(dog.policy.routes), settings.watchdog.interval)
+        log.info("watchdog: the router's routes every %ss", settings.watchdog.interval)
         await every(settings.watchdog.interval, dog.tick, "watchdog tick")

@@ -16,7 +16,6 @@ import aiomqtt
 import httpx
 import orjson
 import pytest
-import yaml
 from aiohttp import web
 from pydantic import SecretStr
 
@@ -77,17 +76,31 @@ class Dog:
 
 def watchdog_settings(lab: Lab, tmp: Path, broker: Broker, port: int, restart: list[str],
                       budget: int = 3) -> Settings:
+    """The lab's router now serves a policy whose win-5090 is at ``port`` (a reload: the watchdog
+    follows the router's live policy, never a file of its own)."""
     policy = dict(lab.policy)
     policy["routes"] = {k: dict(v) for k, v in lab.policy["routes"].items()}
     policy["routes"]["win-5090"]["base_url"] = f"http://127.0.0.1:{port}/v1"
-    policy_path = tmp / "watch-policy.yaml"
-    policy_path.write_text(yaml.safe_dump(policy))
+    lab.write_policy(policy)
+    r = httpx.post(lab.url + "/admin/reload-config", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    assert r.status_code == 200, r.text
     routes = {"win-5090": WatchedRoute(restart=RestartAction(kind="command", argv=tuple(restart), timeout=20)),
               "spark": WatchedRoute(restart=RestartAction(kind="command", argv=("sh", "-c", f"echo no > {tmp}/x")))}
     return Settings(mqtt_url=broker.url(), log_dir=tmp / "logs", state_dir=tmp / "state",
-                    watchdog=WatchdogSettings(policy=policy_path, failures_before_restart=2,
-                                              restart_budget_per_hour=budget, backoff=0, probe_timeout=1,
-                                              routes=routes))
+                    router_url=lab.base_url, admin_token=SecretStr(ADMIN_TOKEN),
+                    watchdog=WatchdogSettings(failures_before_restart=2, restart_budget_per_hour=budget, backoff=0,
+                                              probe_timeout=1, routes=routes))
+
+
+def router_sees(lab: Lab, route: str, up: bool, timeout: float = 10) -> bool:
+    """Wait until the router's own probe agrees (it probes every 0.2 s in the tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(lab.url + "/admin/upstreams", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5)
+        if r.json()["routes"][route]["probe_ok"] is up:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_watchdog_restarts_a_dead_upstream_with_a_real_command(bg: BackgroundLoop, broker: Broker, lab: Lab,
@@ -100,18 +113,21 @@ def test_watchdog_restarts_a_dead_upstream_with_a_real_command(bg: BackgroundLoo
     dog = Dog(bg, watchdog_settings(lab, tmp_path, broker, port, restart), broker)
     events = Collector(bg, broker.url(), "homelab/watchdog/events")
     try:
+        assert router_sees(lab, "win-5090", True)
         assert dog.tick(0) == []
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
         assert wait_port(port, False)
+        assert router_sees(lab, "win-5090", False)
         assert dog.tick(60) == []  # one failure: not yet
         acts = dog.tick(120)
         assert [(a["route"], a["action"], a["ok"]) for a in acts] == [("win-5090", "restart", True)]
         assert wait_port(port, True)  # the command's effect
+        assert router_sees(lab, "win-5090", True)
         acts = dog.tick(180)
         assert [(a["route"], a["action"]) for a in acts] == [("win-5090", "recovered")]
         logged = read_jsonl(tmp_path / "logs" / "recovery-events.jsonl")
-        assert [e["action"] for e in logged] == ["restart", "recovered"]
+        assert [e["action"] for e in logged if e.get("source") == "watchdog"] == ["restart", "recovered"]
         assert events.wait(lambda: len(events.on("homelab/watchdog/events")) == 2)
     finally:
         events.close()
@@ -128,6 +144,7 @@ def test_watchdog_budget_stops_a_restart_loop_and_pages(bg: BackgroundLoop, brok
     alerts = Collector(bg, broker.url(), "homelab/alert")
     try:
         lab.stop_upstream("spark")  # and the terminal route dies too
+        assert router_sees(lab, "spark", False) and router_sees(lab, "win-5090", False)
         actions = [(a["route"], a["action"]) for t in range(10) for a in dog.tick(t * 60.0)]
         assert actions.count(("win-5090", "restart")) == 2  # the budget
         assert actions.count(("win-5090", "page")) == 1

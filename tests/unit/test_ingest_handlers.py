@@ -117,11 +117,3 @@ def test_settings_env_overrides_and_errors(tmp_path: Path) -> None:
         load_settings(tmp_path / "missing.yaml", env={})
     with pytest.raises(SettingsError, match="mqtt://"):
         parse_mqtt_url("http://x")
-
-
-def test_homelab_policy_env_points_the_watchdog_at_the_served_policy(tmp_path: Path) -> None:
-    f = tmp_path / "h.yaml"
-    f.write_text("watchdog: {interval: 30}\n")
-    s = load_settings(f, env={"HOMELAB_POLICY": "/etc/lab/policy.yaml"})
-    assert s.watchdog.interval == 30
-    assert str(s.watchdog.policy) == "/etc/lab/policy.yaml"
