@@ -21,7 +21,7 @@ from services.router.outcomes import ErrorBody, UpstreamFault
 from services.router.policy import Route
 from services.router.relay import StreamTrack
 from services.router.request import DONE, Ctx
-from services.router.sse import SSEReader, join, sse_data
+from services.router.sse import SSEReader, join, with_data
 from services.router.state import RouteState
 from services.router.upstream import Upstream
 
@@ -156,10 +156,7 @@ class Continuation:
                         break
                     raise UpstreamFault("stream_cut", "continuation cut")
                 out: list[bytes] = []
-                for ev in batch:
-                    data = sse_data(ev)
-                    if data is None:
-                        continue
+                for _, data in with_data(batch):
                     if data == b"[DONE]":
                         done = True
                         break

@@ -17,7 +17,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from services.router.outcomes import ErrorBody, UpstreamFault
-from services.router.sse import sse_data
+from services.router.sse import with_data
 
 
 class RelayResponse(StreamingResponse):
@@ -175,10 +175,7 @@ class StreamTrack:
 def consume(track: StreamTrack, batch: list[bytes]) -> tuple[list[bytes], bool, UpstreamFault | None]:
     """Feed a batch to the tracker: (events to relay, [DONE] seen, the fault that stopped it)."""
     out: list[bytes] = []
-    for ev in batch:
-        data = sse_data(ev)
-        if data is None:
-            continue
+    for ev, data in with_data(batch):
         if data == b"[DONE]":
             return out, True, None
         try:

@@ -6,6 +6,8 @@ comment-only event (``: ping``) has no data.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import aiohttp
 
 from services.router.outcomes import UpstreamFault
@@ -17,6 +19,14 @@ def sse_data(event: bytes) -> bytes | None:
         return event[6:]  # the common case: one ``data: `` line
     data = [line[5:].lstrip(b" ") for line in event.splitlines() if line.startswith(b"data:")]
     return b"\n".join(data) if data else None
+
+
+def with_data(batch: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    """``(event, data)`` for each event of a batch that carries data (``[DONE]`` included), in order."""
+    for ev in batch:
+        data = sse_data(ev)
+        if data is not None:
+            yield ev, data
 
 
 class SSEBuffer:
