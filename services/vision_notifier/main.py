@@ -45,6 +45,7 @@ SERVICE = "vision_notifier"
 RING_SNAPSHOTS = "+/+/camera/+/snapshot/image"
 RING_IMAGE_TTL = 600.0  # an older ring-mqtt image describes nothing that happens now
 RING_IMAGE_TOPICS = 64  # doorbells and cameras of one home, with room to spare
+MAX_CAMERAS = 256  # cameras given Home Assistant entities
 log = logging.getLogger("homelab.vision_notifier")
 
 Send = Callable[[CameraEvent, dict[str, Any]], Awaitable[None]]
@@ -273,6 +274,12 @@ class Notifier:
 
     async def _ensure_discovery(self, ev: CameraEvent) -> None:
         if ev.camera not in self.cameras:
+            if len(self.cameras) >= MAX_CAMERAS:
+                # names come from outside: past a home's worth, a new name gets no entity (its events
+                # still push and reach the timeline)
+                log.warning("camera %r not announced to Home Assistant: %d cameras already", ev.camera[:80],
+                            MAX_CAMERAS)
+                return
             doorbell = ev.source.startswith("ring")
             self.cameras[ev.camera] = doorbell
             await self._announce(ev.camera, doorbell)
