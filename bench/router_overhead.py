@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -42,7 +43,11 @@ WORDS = ("Hello", " from", " nginx", ",", " a", " twelve", " chunk", " stream", 
 SSE = ("".join(CHUNK % w for w in WORDS) +
        'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"bench-model",'
        '"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\\n\\ndata: [DONE]\\n\\n')
-MODELS = '{"object":"list","data":[{"id":"bench-model","object":"model"}]}'
+# nginx answers the router's health probe: it must list every route's model (the probe checks it)
+MODELS = json.dumps({"object": "list", "data": [
+    {"id": r["model"], "object": "model"}
+    for r in yaml.safe_load((ROOT / "config" / "routing_policy.yaml").read_text())["routes"].values()]},
+    separators=(",", ":"))
 BODY = '{"model":"homelab/auto","messages":[{"role":"user","content":"Refactor this function please"}]}'
 SBODY = BODY[:-1] + ',"stream":true}'
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The real-agent test tier's clients, each installed outside the repo keyed by version (their pins clash
-# with ours): aider (PyPI, its own virtualenv) and Codex CLI (npm; its binary ships inside the package).
+# with ours): aider (PyPI, its own virtualenv), Codex CLI (npm; its binary ships inside the package) and
+# Claude Code (npm; its native binary ships in the platform package, which npm installs as an optional
+# dependency — the tests run that binary, so a skipped postinstall does not matter).
 # Cold ~3-4 min, then nothing to do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,3 +28,13 @@ if [ ! -x "$NPM_DIR/node_modules/.bin/codex" ]; then
   (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent "@openai/codex@$CODEX")
 fi
 "$NPM_DIR/node_modules/.bin/codex" --version >/dev/null
+
+CLAUDE=2.1.332
+CLAUDE_DIR=${HOMELAB_CACHE:-$HOME/.cache/homelab}/npm/claude-code-$CLAUDE
+if [ ! -f "$CLAUDE_DIR/.homelab-ready" ]; then
+  echo "install-agents: installing @anthropic-ai/claude-code $CLAUDE into $CLAUDE_DIR (once)" >&2
+  mkdir -p "$CLAUDE_DIR"
+  (cd "$CLAUDE_DIR" && npm install --no-audit --no-fund --silent --ignore-scripts "@anthropic-ai/claude-code@$CLAUDE")
+  touch "$CLAUDE_DIR/.homelab-ready"
+fi
+ls "$CLAUDE_DIR"/node_modules/@anthropic-ai/claude-code-linux-*/ >/dev/null  # the platform binary is there

@@ -1,4 +1,4 @@
-"""The public API: chat completions, responses, embeddings, models, metrics, stats.
+"""The public API: chat completions, responses, messages (Anthropic), embeddings, models, metrics, stats.
 
 Every request to a model endpoint is on the record once: a refused one by :meth:`PublicAPI.rejected`,
 a decided one by the accounting of its final state (here for a whole answer, in the relay for a
@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from services.router import messages as anthropic
 from services.router.errors import RequestError, error_body
 from services.router.http import error, is_admin, read_body
 from services.router.preflight import EmbeddingsRequest, preflight, without_nulls
@@ -57,6 +58,7 @@ class Rec:
 
 
 Answer = Callable[[Request, Rec], Awaitable[Response]]
+ErrorShape = Callable[[int, str], dict[str, Any]]
 
 
 class PublicAPI:
@@ -74,18 +76,23 @@ class PublicAPI:
                              "status": status, "reason": reason, "error": message[:500]})
         return rid
 
-    def internal_error(self, where: str, request_id: str) -> Response:
-        """An unexpected exception: logged with the request id, answered as an OpenAI-shaped 500."""
+    def internal_error(self, where: str, request_id: str, shape: ErrorShape | None = None) -> Response:
+        """An unexpected exception: logged with the request id, answered as a 500 in the API's shape."""
         log.exception("internal error in %s (request %s)", where, request_id)
         self.svc.metrics.internal_errors.labels(where).inc()
-        body = error_body(f"Internal error in homelab-router (request {request_id}); see the router's log",
-                          type_="server_error", code="internal_error")
-        body["error"]["request_id"] = request_id
+        message = f"Internal error in homelab-router (request {request_id}); see the router's log"
+        if shape is not None:
+            body = shape(500, message)
+        else:
+            body = error_body(message, type_="server_error", code="internal_error")
+            body["error"]["request_id"] = request_id
         return Response(orjson.dumps(body), status_code=500, media_type=JSON, headers={"X-Request-Id": request_id})
 
-    def answered(self, where: str, answer: Answer) -> Callable[[Request], Awaitable[Response]]:
+    def answered(self, where: str, answer: Answer, shape: ErrorShape | None = None
+                 ) -> Callable[[Request], Awaitable[Response]]:
         """A model endpoint: its request id and start time, exactly one decision line whatever
-        happens, and any unexpected exception as an OpenAI-shaped 500 carrying the request id."""
+        happens, and any unexpected exception as a 500 carrying the request id. ``shape`` writes the
+        API's own error bodies (OpenAI's by default)."""
         acct = self.svc.acct
 
         async def endpoint(request: Request) -> Response:
@@ -93,14 +100,15 @@ class PublicAPI:
             try:
                 resp = await answer(request, rec)
             except RequestError as exc:
-                resp = Response(orjson.dumps(exc.body()), status_code=exc.status, media_type=JSON,
+                body = shape(exc.status, exc.message) if shape is not None else exc.body()
+                resp = Response(orjson.dumps(body), status_code=exc.status, media_type=JSON,
                                 headers={"X-Request-Id": rec.request_id})
                 if rec.ctx is None:
                     self.rejected(request, exc.status, exc.code or exc.type, exc.message, rec.request_id)
                     return resp
                 rec.ctx.error = exc.message
             except Exception as exc:
-                resp = self.internal_error(where, rec.request_id)
+                resp = self.internal_error(where, rec.request_id, shape)
                 if rec.ctx is None:
                     self.rejected(request, 500, "internal_error", f"{type(exc).__name__}: {exc}", rec.request_id)
                     return resp
@@ -140,7 +148,7 @@ class PublicAPI:
         """The Responses API, routed by the same policy (translated to Chat Completions unless native)."""
         body = without_nulls(await read_body(request, self.svc.settings.max_body))
         tr = to_chat(body)
-        ctx = self.decided(request, rec, tr.chat, endpoint="/v1/responses", responses=body)
+        ctx = self.decided(request, rec, tr.chat, endpoint="/v1/responses", api="responses", original=body)
         ctx.events.extend(tr.notes)
         assert self.svc.dispatcher is not None
         resp = await self.svc.dispatcher.chat(ctx)
@@ -155,6 +163,56 @@ class PublicAPI:
             return Response(out, media_type="text/event-stream", headers=headers)
         answer = to_response(orjson.loads(resp.body), body, rec.request_id)
         return Response(orjson.dumps(answer), media_type=JSON, headers=headers)
+
+    async def messages(self, request: Request, rec: Rec) -> Response:
+        """The Anthropic Messages API, routed by the same policy (translated to Chat Completions unless
+        the route is ``messages: native``); every answer and error in Anthropic's shapes."""
+        body = without_nulls(await read_body(request, self.svc.settings.max_body))
+        tr = anthropic.to_chat(body)
+        ctx = self.decided(request, rec, tr.chat, endpoint="/v1/messages", api="messages", original=body)
+        ctx.events.extend(tr.notes)
+        if request.headers.get("anthropic-beta"):
+            ctx.events.append("dropped:anthropic-beta")
+        assert self.svc.dispatcher is not None
+        resp = await self.svc.dispatcher.chat(ctx)
+        headers = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-")}
+        if resp.status_code != 200:
+            return self._anthropic_error(resp, rec.request_id, headers)
+        final = ctx.policy.routes.get(ctx.final_route or "")
+        if final is None or ctx.native(final):
+            return resp  # the engine's own Messages answer
+        if isinstance(resp, RelayResponse):
+            return resp.rewrap(anthropic.StreamTranslator(body, rec.request_id, ctx.pre.tokens).translate)
+        if ctx.pre.stream:
+            out = anthropic.StreamTranslator(body, rec.request_id, ctx.pre.tokens).feed_bytes(bytes(resp.body))
+            return Response(out, media_type="text/event-stream", headers=headers)
+        answer = anthropic.to_message(orjson.loads(resp.body), body, rec.request_id)
+        return Response(orjson.dumps(answer), media_type=JSON, headers=headers)
+
+    @staticmethod
+    def _anthropic_error(resp: Response, request_id: str, headers: dict[str, str]) -> Response:
+        """An OpenAI-shaped refusal from the request path, said the Anthropic way. When no route could
+        answer, the message names no host, port or route (the decision log has them)."""
+        status = resp.status_code
+        try:
+            err = orjson.loads(bytes(resp.body)).get("error") or {}
+            message = str(err.get("message") if isinstance(err, dict) else err)
+        except (orjson.JSONDecodeError, AttributeError):
+            message = bytes(resp.body)[:300].decode("utf-8", "replace")
+        if status == 503:
+            message = ("No model in the lab can answer right now: every route that could take this request is "
+                       f"down or busy. Try again shortly (request {request_id}).")
+        return Response(orjson.dumps(anthropic.error_body(status, message)), status_code=status, media_type=JSON,
+                        headers=headers)
+
+    async def count_tokens(self, request: Request, rec: Rec) -> Response:
+        """``POST /v1/messages/count_tokens``: the router's own estimate (system, messages, tools)."""
+        body = without_nulls(await read_body(request, self.svc.settings.max_body))
+        pre = preflight(anthropic.to_chat(body, for_count=True).chat)
+        self.svc.decisions.write({"request_id": rec.request_id, "endpoint": "/v1/messages/count_tokens",
+                                  "model": pre.model, "status": 200, "tokens": pre.tokens})
+        return Response(orjson.dumps({"input_tokens": pre.tokens}), media_type=JSON,
+                        headers={"X-Request-Id": rec.request_id})
 
     async def embeddings(self, request: Request, rec: Rec) -> Response:
         svc = self.svc
@@ -191,9 +249,21 @@ class PublicAPI:
         return resp
 
     async def models(self) -> Response:
-        now = int(self.svc.started)
-        data = [{"id": m, "object": "model", "created": now, "owned_by": "homelab"}
-                for m in self.svc.decider.catalog()]
+        """Every name the router answers to; a pinned name carries its route's ``context_length`` (the
+        engine's own max_model_len when it reports one, else the policy's) — clients size prompts by it."""
+        svc = self.svc
+        now = int(svc.started)
+        decider = svc.decider
+        data = []
+        for m in decider.catalog():
+            entry: dict[str, Any] = {"id": m, "object": "model", "created": now, "owned_by": "homelab"}
+            route = decider.alias(m) or decider.served.get(m)
+            if route is not None:
+                st = svc.states.get(route)
+                context = (st.max_model_len if st else None) or svc.policy.routes[route].context_length
+                if context:
+                    entry["context_length"] = context
+            data.append(entry)
         return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
 
     async def metrics(self) -> Response:
@@ -210,10 +280,14 @@ class PublicAPI:
 def mount(app: FastAPI, api: PublicAPI,
           fast_routes: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]) -> None:
     """The public endpoints on ``app``; the hot ones also on the fast path."""
-    for path, where, handle in (("/v1/chat/completions", "chat", api.chat),
-                                ("/v1/responses", "responses", api.responses),
-                                ("/v1/embeddings", "embeddings", api.embeddings)):
-        endpoint = api.answered(where, handle)
+    openai_shape = None
+    for path, where, handle, shape in (("/v1/chat/completions", "chat", api.chat, openai_shape),
+                                       ("/v1/responses", "responses", api.responses, openai_shape),
+                                       ("/v1/embeddings", "embeddings", api.embeddings, openai_shape),
+                                       ("/v1/messages", "messages", api.messages, anthropic.error_body),
+                                       ("/v1/messages/count_tokens", "count_tokens", api.count_tokens,
+                                        anthropic.error_body)):
+        endpoint = api.answered(where, handle, shape)
         app.post(path)(endpoint)  # FastAPI knows the route (405 for other methods) ...
         fast_routes[("POST", path)] = endpoint  # ... and the fast path serves it
     app.get("/v1/models")(api.models)

@@ -46,6 +46,27 @@ def error_response(ctx: Ctx, name: str, outcome: Outcome) -> Response:
     return Response(body, status_code=status, media_type=JSON, headers=ctx.headers(name))
 
 
+# A Messages request's max_tokens when the route's context is not known (Claude Code asks for 128,000).
+DEFAULT_CONTEXT = 32_768
+
+
+def clamped_max_tokens(ctx: Ctx, route: Route, st: RouteState) -> int | None:
+    """An Anthropic client's ``max_tokens`` cut to what the route's context leaves after the prompt
+    (never a 400 for asking too much); None when it fits, or for the OpenAI APIs (their clients get
+    the engine's answer, as from OpenAI)."""
+    if ctx.api != "messages":
+        return None
+    asked = (ctx.original or {}).get("max_tokens")
+    if not isinstance(asked, int):
+        return None
+    context = st.max_model_len or route.context_length or DEFAULT_CONTEXT
+    room = max(1, context - ctx.pre.tokens)
+    if asked <= room:
+        return None
+    ctx.events.append(f"max_tokens_clamped:{asked}->{room}")
+    return room
+
+
 class Attempts:
     def __init__(self, upstream: Upstream, acct: Accounting, states: Callable[[], dict[str, RouteState]],
                  on_poisoned: Callable[[str, str], Awaitable[None]] | None = None) -> None:
@@ -124,7 +145,7 @@ class Attempts:
 
     async def _attempt(self, ctx: Ctx, name: str, route: Route, st: RouteState,
                        release: Callable[[], None]) -> Outcome:
-        payload = self.upstream.payload(ctx, route)
+        payload = self.upstream.payload(ctx, route, max_tokens=clamped_max_tokens(ctx, route, st))
         if ctx.pre.stream:
             return await self._stream(ctx, name, route, st, payload, release)
         return await self._plain(ctx, name, route, st, payload)
@@ -137,7 +158,7 @@ class Attempts:
 
     async def _plain(self, ctx: Ctx, name: str, route: Route, st: RouteState, payload: bytes) -> Outcome:
         t0 = time.perf_counter()
-        url = route.responses_url if ctx.native(route) else route.chat_url
+        url = ctx.upstream_url(route)
         try:
             async with asyncio.timeout(route.request_timeout):
                 status, raw, retry_after = await self.upstream.post_json(route, payload, url)
@@ -164,11 +185,11 @@ class Attempts:
         resp: aiohttp.ClientResponse | None = None
         buffered: list[bytes] = []
         native = ctx.native(route)
-        track = StreamTrack(native=native)
+        track = StreamTrack(native=ctx.api if native else None)
         first_end: UpstreamFault | bool | None = None
         try:
             async with asyncio.timeout(route.first_token_timeout):
-                resp = await self.upstream.post_stream(route, payload, route.responses_url if native else None)
+                resp = await self.upstream.post_stream(route, payload, ctx.upstream_url(route))
                 if resp.status != 200 or resp.content_type == JSON:
                     # An error, or a JSON body where a stream was asked for (an engine's 200 + error).
                     raw = await resp.read()
@@ -275,7 +296,7 @@ class Attempts:
                 if batch is None:
                     if not track.finished:
                         raise UpstreamFault("stream_cut", "upstream closed the stream mid-answer")
-                    if track.native:  # a Responses stream ends with response.completed: no [DONE] there
+                    if track.native:  # a Responses or Messages stream ends with its own last event, no [DONE]
                         self._completed(ctx, name, track)
                         return
                     ctx.events.append("finalised_without_done")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 
 from services.router.classify import Classifier
@@ -29,10 +30,18 @@ class Decider:
         self.policy = policy
         self.classifier = Classifier(policy)
         self.aliases = policy.alias_map()
+        self.globs = policy.alias_globs()
         self.served = policy.served_models()
 
     def catalog(self) -> list[str]:
         return [AUTO, *self.aliases, *self.served]
+
+    def alias(self, model: str) -> str | None:
+        """The route an alias pins: an exact name first, then the longest matching pattern."""
+        route = self.aliases.get(model)
+        if route is None:
+            route = next((r for pattern, r in self.globs if fnmatch.fnmatchcase(model, pattern)), None)
+        return route
 
     def decide(
         self,
@@ -58,8 +67,8 @@ class Decider:
                     f"Buckets: {', '.join(p.buckets)}; routes: {', '.join(p.routes)}",
                     param="X-Homelab-Route",
                 )
-        elif model in self.aliases:
-            decision = Decision(self.aliases[model], None, "pinned", pinned=True)
+        elif (pinned := self.alias(model)) is not None:
+            decision = Decision(pinned, None, "pinned", pinned=True)
         elif model in self.served:
             decision = Decision(self.served[model], None, "pinned", pinned=True)
         elif model.startswith("homelab/") and model != AUTO:

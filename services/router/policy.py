@@ -63,6 +63,12 @@ class Route(_Strict):
     # /v1/responses: ``native`` relays to the engine's own /v1/responses (recent vLLM); ``translate``
     # turns it into Chat Completions and the answer back
     responses: Literal["translate", "native"] = "translate"
+    # /v1/messages (Anthropic): ``native`` relays to the engine's own /v1/messages (llama.cpp's server,
+    # vLLM, Ollama); ``translate`` turns it into Chat Completions and the answer back
+    messages: Literal["translate", "native"] = "translate"
+    # the model's context window in tokens (the engine's own max_model_len wins when its /v1/models
+    # reports one): a Messages request's max_tokens is clamped to what is left of it
+    context_length: PositiveInt | None = None
 
     @field_validator("continuation", mode="before")
     @classmethod
@@ -84,6 +90,10 @@ class Route(_Strict):
     @property
     def responses_url(self) -> str:
         return self.base_url.rstrip("/") + "/responses"
+
+    @property
+    def messages_url(self) -> str:
+        return self.base_url.rstrip("/") + "/messages"
 
     @property
     def embeddings_url(self) -> str:
@@ -206,8 +216,9 @@ class Policy(_Strict):
         seen: dict[str, str] = {}
         for name, r in routes.items():
             for alias in r.aliases:
-                if not alias.startswith("homelab/"):
-                    raise ValueError(f"routes.{name}.aliases: '{alias}' must start with homelab/")
+                if not alias.startswith("homelab/") and not is_glob(alias):
+                    raise ValueError(f"routes.{name}.aliases: '{alias}' must start with homelab/ or be a "
+                                     "shell-style pattern such as claude-*")
                 if alias == "homelab/auto":
                     raise ValueError(f"routes.{name}.aliases: homelab/auto is reserved")
                 if alias in seen:
@@ -220,10 +231,20 @@ class Policy(_Strict):
         return self
 
     def alias_map(self) -> dict[str, str]:
-        return {alias: name for name, r in self.routes.items() for alias in r.aliases}
+        """Exact aliases → route."""
+        return {alias: name for name, r in self.routes.items() for alias in r.aliases if not is_glob(alias)}
+
+    def alias_globs(self) -> list[tuple[str, str]]:
+        """Pattern aliases (``claude-*``) → route, the longest pattern first (the most specific wins)."""
+        globs = [(alias, name) for name, r in self.routes.items() for alias in r.aliases if is_glob(alias)]
+        return sorted(globs, key=lambda g: -len(g[0]))
 
     def served_models(self) -> dict[str, str]:
         return {r.model: name for name, r in self.routes.items()}
+
+
+def is_glob(alias: str) -> bool:
+    return any(c in alias for c in "*?[")
 
 
 def _format_error(err: ValidationError) -> str:

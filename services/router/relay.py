@@ -110,7 +110,7 @@ class StreamTrack:
     tool_calls: bool = False
     chunk_id: str | None = None
     usage: dict[str, Any] | None = None
-    native: bool = False  # a Responses event stream (a native route), not chat chunks
+    native: str | None = None  # "responses" / "messages": a native route's own event stream, not chat chunks
 
     def feed(self, data: bytes) -> dict[str, Any]:
         """Parse one data payload (and return it); raise UpstreamFault if malformed or an in-band error."""
@@ -121,7 +121,9 @@ class StreamTrack:
         if not isinstance(ev, dict):
             raise UpstreamFault("malformed_chunk", "chunk is not an object")
         try:
-            if self.native:
+            if self.native == "messages":
+                self._feed_anthropic(ev, data)
+            elif self.native:
                 self._feed_native(ev, data)
             else:
                 self._feed_chat(ev, data)
@@ -161,6 +163,22 @@ class StreamTrack:
             usage = (ev.get("response") or {}).get("usage")
             if isinstance(usage, dict):
                 self.usage = usage
+
+    def _feed_anthropic(self, ev: dict[str, Any], data: bytes) -> None:
+        kind = ev.get("type")
+        if kind == "error":
+            err = ev.get("error")
+            raise UpstreamFault("stream_error", str(err.get("message") if isinstance(err, dict) else data[:200]))
+        if kind == "content_block_delta":
+            delta = ev.get("delta") or {}
+            if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+                self.text.append(delta["text"])
+        elif kind == "content_block_start" and (ev.get("content_block") or {}).get("type") == "tool_use":
+            self.tool_calls = True
+        elif kind == "message_delta" and isinstance(ev.get("usage"), dict):
+            self.usage = ev["usage"]
+        elif kind == "message_stop":
+            self.finished = True
 
     @property
     def deltas(self) -> int:

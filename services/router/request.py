@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from services.router.decide import Decision
 from services.router.policy import Policy, Route
@@ -36,10 +36,22 @@ class Ctx:
     usage: dict[str, Any] | None = None
     logged: bool = False
     endpoint: str = "/v1/chat/completions"
-    responses: dict[str, Any] | None = None  # the original /v1/responses body (native routes get it as is)
+    # the API the client spoke, and its original body (a native route gets it as is)
+    api: Literal["chat", "responses", "messages"] = "chat"
+    original: dict[str, Any] | None = None
 
     def native(self, route: Route) -> bool:
-        return self.responses is not None and route.responses == "native"
+        """Does ``route`` get the client's own API (its engine serves it), not Chat Completions?"""
+        if self.api == "responses":
+            return route.responses == "native"
+        if self.api == "messages":
+            return route.messages == "native"
+        return False
+
+    def upstream_url(self, route: Route) -> str:
+        if self.native(route):
+            return route.responses_url if self.api == "responses" else route.messages_url
+        return route.chat_url
 
     @property
     def route(self) -> str:

@@ -65,8 +65,8 @@ class RouterSettings:
         )
 
 
-def served_ids(body: bytes) -> list[str] | None:
-    """The model ids an engine's ``/v1/models`` lists (None when the body does not say)."""
+def served(body: bytes) -> dict[str, dict[str, Any]] | None:
+    """The models an engine's ``/v1/models`` lists, by id (None when the body does not say)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -74,7 +74,16 @@ def served_ids(body: bytes) -> list[str] | None:
     items = data.get("data") if isinstance(data, dict) else None
     if not isinstance(items, list):
         return None
-    return [str(m["id"]) for m in items if isinstance(m, dict) and "id" in m]
+    return {str(m["id"]): m for m in items if isinstance(m, dict) and "id" in m}
+
+
+def context_of(entry: dict[str, Any]) -> int | None:
+    """The context window a models entry reports (vLLM: ``max_model_len``; others: ``context_length``)."""
+    for key in ("max_model_len", "context_length", "max_context_length"):
+        value = entry.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 class RouterService:
@@ -159,9 +168,12 @@ class RouterService:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             ok, err = False, f"probe: {type(exc).__name__}: {exc}"
         if ok:
-            ids = served_ids(body)
-            if ids is not None and route.model not in ids:
-                ok, err = False, f"probe: the engine does not serve '{route.model}' (it serves: {', '.join(ids)})"
+            models = served(body)
+            if models is not None and route.model not in models:
+                ok, err = False, (f"probe: the engine does not serve '{route.model}' "
+                                  f"(it serves: {', '.join(list(models)[:10])})")
+            elif models is not None:
+                st.max_model_len = context_of(models[route.model])
         if ok != st.healthy:
             log.warning("route %s is now %s%s", name, "up" if ok else "down", f" ({err})" if err else "")
         st.probe_result(ok, err)

@@ -25,6 +25,7 @@ class RouteState:
     served: int = 0
     recovering: bool = False
     trial: bool = False  # a half-open circuit's one trial request is in flight
+    max_model_len: int | None = None  # the context window the engine reports for the route's model
     # continuation modes found not to work on this upstream (mode -> what the check saw)
     continuation_blocked: dict[str, str] = field(default_factory=dict)
     continuation_checked_at: float | None = None

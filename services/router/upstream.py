@@ -29,12 +29,18 @@ class Upstream:
         self.session = session
 
     @staticmethod
-    def payload(ctx: Ctx, route: Route, extra: dict[str, Any] | None = None) -> bytes:
-        """The body for ``route``: its own model name; the native Responses body for a native route."""
+    def payload(ctx: Ctx, route: Route, extra: dict[str, Any] | None = None, max_tokens: int | None = None) -> bytes:
+        """The body for ``route``: its own model name (and ``max_tokens`` when clamped); the client's
+        own body for a native route."""
         if ctx.native(route) and not extra:
-            assert ctx.responses is not None
-            return orjson.dumps({**ctx.responses, "model": route.model})
+            assert ctx.original is not None
+            native = {**ctx.original, "model": route.model}
+            if max_tokens is not None:
+                native["max_tokens"] = max_tokens
+            return orjson.dumps(native)
         body = ctx.body
+        if max_tokens is not None:
+            extra = {**(extra or {}), "max_tokens": max_tokens}
         if body.get("model") != route.model or extra:
             body = {**body, "model": route.model, **(extra or {})}
         if route.structured_output == "json_object":

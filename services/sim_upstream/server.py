@@ -66,6 +66,8 @@ class SimConfig(BaseModel):
     # tool's result comes back, answer "The tool returned: <result>"
     tool_call: dict[str, Any] | None = None
     responses: bool = False  # serve /v1/responses natively (recent vLLM); else it is a 404 (most engines)
+    messages: bool = False  # serve Anthropic's /v1/messages natively (llama.cpp's server, vLLM); else a 404
+    max_model_len: int = 32768  # the context window /v1/models reports (as vLLM does)
     # asked to continue a cut answer: "restart" starts over, "tail" echoes the last words first
     # (what real models do now and then); "none" goes on exactly where it stopped
     instruct_echo: Literal["none", "restart", "tail"] = "none"
@@ -190,6 +192,7 @@ class SimUpstream:
             web.get("/v1/models", self._models),
             web.post("/v1/chat/completions", self._chat),
             web.post("/v1/responses", self._responses),
+            web.post("/v1/messages", self._messages),
             web.post("/v1/embeddings", self._embeddings),
             web.get("/_sim/stats", self._stats),
             web.post("/_sim/config", self._set_config),
@@ -236,7 +239,8 @@ class SimUpstream:
         if c.fault_probes and c.fault.startswith("http_"):
             return _err(int(c.fault[-3:]), "Service unavailable", "server_error")
         data = {"object": "list", "data": [
-            {"id": self.config.model, "object": "model", "created": 0, "owned_by": "homelab-sim"}
+            {"id": self.config.model, "object": "model", "created": 0, "owned_by": "homelab-sim",
+             "max_model_len": self.config.max_model_len}
         ]}
         return web.Response(body=orjson.dumps(data), content_type="application/json")
 
@@ -427,6 +431,65 @@ class SimUpstream:
                   "choices": [], "usage": usage}
             await resp.write(b"data: " + orjson.dumps(ev) + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        """A native Anthropic /v1/messages, written from the API's documented shapes (not the router's
+        translation): text, or a tool_use when tools are offered and the last user turn is not a result."""
+        self.requests += 1
+        c = self.config
+        if not c.messages:
+            return _err(404, "Not Found", "invalid_request_error")
+        body = orjson.loads(await request.read())
+        self.last_body = body
+        messages = body.get("messages") or []
+        last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+        content_in = last.get("content")
+        blocks: list[Any] = content_in if isinstance(content_in, list) else []
+        result = next((b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"), None)
+        mid = "msg_" + uuid.uuid4().hex[:20]
+        content: list[dict[str, Any]]
+        if c.tool_call and body.get("tools") and result is None:
+            content = [{"type": "tool_use", "id": "toolu_" + mid[4:16], "name": c.tool_call["name"],
+                        "input": c.tool_call["arguments"]}]
+            stop = "tool_use"
+        else:
+            if result is not None:
+                raw = result.get("content")
+                got = raw if isinstance(raw, str) else " ".join(
+                    str(b.get("text")) for b in (raw if isinstance(raw, list) else []) if isinstance(b, dict))
+                text = f"The tool returned: {got}"
+            else:
+                text = c.reply if c.reply is not None else answer_text(c.words)
+            content = [{"type": "text", "text": text}]
+            stop = "end_turn"
+        usage = {"input_tokens": 20, "output_tokens": 12}
+        final = {"id": mid, "type": "message", "role": "assistant", "model": c.model, "content": content,
+                 "stop_reason": stop, "stop_sequence": None, "usage": usage}
+        await asyncio.sleep(c.ttft)
+        if not body.get("stream"):
+            return web.Response(body=orjson.dumps(final), content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+
+        async def ev(kind: str, **data: Any) -> None:
+            await resp.write(f"event: {kind}\n".encode() + b"data: " + orjson.dumps({"type": kind, **data}) + b"\n\n")
+
+        await ev("message_start", message={**final, "content": [], "stop_reason": None,
+                                           "usage": {"input_tokens": 20, "output_tokens": 0}})
+        for i, block in enumerate(content):
+            if block["type"] == "text":
+                await ev("content_block_start", index=i, content_block={"type": "text", "text": ""})
+                for piece in _tokens(block["text"]):
+                    await ev("content_block_delta", index=i, delta={"type": "text_delta", "text": piece})
+            else:
+                await ev("content_block_start", index=i, content_block={**block, "input": {}})
+                await ev("content_block_delta", index=i, delta={"type": "input_json_delta",
+                                                                "partial_json": orjson.dumps(block["input"]).decode()})
+            await ev("content_block_stop", index=i)
+        await ev("message_delta", delta={"stop_reason": stop, "stop_sequence": None}, usage={"output_tokens": 12})
+        await ev("message_stop")
         await resp.write_eof()
         return resp
 
