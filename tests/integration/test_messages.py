@@ -85,8 +85,9 @@ def test_a_tool_round_trip(lab: Lab, claude: anthropic.Anthropic, kind: str, str
     assert first.stop_reason == "tool_use"
     (call,) = [b for b in first.content if b.type == "tool_use"]
     assert call.name == "get_weather" and call.input == {"city": "Paris"}
+    result = {"type": "tool_result", "tool_use_id": call.id, "content": "18C and sunny"}
     follow = [*ask, {"role": "assistant", "content": [b.model_dump() for b in first.content]},
-              {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "18C and sunny"}]}]
+              {"role": "user", "content": [result]}]
     second = claude.messages.create(model="claude-sonnet-5", max_tokens=512, tools=[WEATHER],  # type: ignore[list-item]
                                     messages=follow)
     assert second.content[0].text == "The tool returned: 18C and sunny"  # type: ignore[union-attr]
@@ -115,7 +116,8 @@ def claude_code_shaped() -> dict[str, Any]:
                                "required": ["file_path"], "additionalProperties": False,
                                "$schema": "http://json-schema.org/draft-07/schema#"}} for i in range(12)]
     system = [{"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude."},
-              {"type": "text", "text": "Follow the user's instructions. " * 550, "cache_control": {"type": "ephemeral"}}]
+              {"type": "text", "text": "Follow the user's instructions. " * 550,
+               "cache_control": {"type": "ephemeral"}}]
     return {"model": "claude-opus-5-5", "max_tokens": 128000, "stream": True, "system": system, "tools": tools,
             "messages": [{"role": "user", "content": [{"type": "text", "text": "say pong"}]},
                          {"role": "system", "content": "<env>Working directory: /work</env>"}],
@@ -169,10 +171,10 @@ def test_refusals_are_anthropic_shaped_and_on_the_record(lab: Lab) -> None:
 def test_a_stream_that_dies_ends_with_an_anthropic_error_event(lab: Lab, claude: anthropic.Anthropic) -> None:
     lab.configure("ubuntu-6000", fault="cut", fault_after=2)
     lab.stop_upstream("spark")  # no route can continue it
-    with pytest.raises(anthropic.APIStatusError):
-        with claude.messages.stream(model="claude-opus-5-5", max_tokens=512,
-                                    messages=[{"role": "user", "content": "Refactor this function"}]) as s:
-            "".join(s.text_stream)
+    ask: list[Any] = [{"role": "user", "content": "Refactor this function"}]
+    with pytest.raises(anthropic.APIStatusError), \
+            claude.messages.stream(model="claude-opus-5-5", max_tokens=512, messages=ask) as s:
+        "".join(s.text_stream)
     assert lines(lab)[-1]["status"] == 502
 
 
