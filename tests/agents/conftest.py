@@ -10,6 +10,8 @@ import pytest
 CACHE = Path(os.environ.get("HOMELAB_CACHE") or Path.home() / ".cache" / "homelab")
 CODEX = CACHE / "npm" / "codex-0.171.0" / "node_modules" / ".bin" / "codex"
 AIDER = CACHE / "venvs" / "aider-0.86.2" / "bin" / "aider"
+# Claude Code's native binary, from the platform package npm installs beside @anthropic-ai/claude-code
+CLAUDE = CACHE / "npm" / "claude-code-2.1.332" / "node_modules" / "@anthropic-ai" / "claude-code-linux-x64" / "claude"
 
 
 def _need(path: Path, what: str) -> Path:
@@ -22,6 +24,11 @@ def _need(path: Path, what: str) -> Path:
 @pytest.fixture(scope="session")
 def codex() -> Path:
     return _need(CODEX, "Codex CLI 0.171.0")
+
+
+@pytest.fixture(scope="session")
+def claude_code() -> Path:
+    return _need(CLAUDE, "Claude Code 2.1.332")
 
 
 @pytest.fixture(scope="session")

@@ -77,3 +77,45 @@ def test_aider_edits_a_file_through_the_router(lab: Lab, aider: Path, tmp_path: 
     assert target.read_text() == "def add(a, b):\n    return a + b\n", p.stdout[-3000:]
     chats = [d for d in read_jsonl(lab.log_dir / "router-decisions.jsonl") if d.get("route")]
     assert chats and chats[-1]["endpoint"] == "/v1/chat/completions" and chats[-1]["route"] == "ubuntu-6000"
+
+
+def run_claude(claude: Path, lab: Lab, tmp: Path, prompt: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Claude Code as the README sets it up: ANTHROPIC_BASE_URL at the lab, any key."""
+    work = tmp / "work"
+    work.mkdir(exist_ok=True)
+    env = {**os.environ, "ANTHROPIC_BASE_URL": lab.url, "ANTHROPIC_API_KEY": "unused", "HOME": str(tmp),
+           "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
+           "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "NO_COLOR": "1"}
+    return subprocess.run([str(claude), "-p", prompt, *extra], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=180, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("mode", ["translate", "native"])
+def test_claude_code_answers_through_the_router(lab: Lab, claude_code: Path, tmp_path: Path, mode: str) -> None:
+    if mode == "native":
+        lab.configure("ubuntu-6000", messages=True)
+        lab.policy["routes"]["ubuntu-6000"]["messages"] = "native"
+        lab.write_policy(lab.policy)
+        assert httpx.post(lab.url + "/admin/reload-config",
+                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 200
+    p = run_claude(claude_code, lab, tmp_path, "say pong")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert FULL in p.stdout
+    lines = [d for d in read_jsonl(lab.log_dir / "router-decisions.jsonl") if d.get("endpoint") == "/v1/messages"]
+    main = [d for d in lines if d.get("route") == "ubuntu-6000"]
+    assert main and all(d["status"] == 200 for d in lines)
+    assert main[-1]["tokens"] > 2_000  # Claude Code's system prompt and tool definitions, counted
+
+
+def test_claude_code_writes_a_file_with_its_tool(lab: Lab, claude_code: Path, tmp_path: Path) -> None:
+    target = tmp_path / "work" / "pong.txt"
+    # the simulated model asks Claude Code to write a file; its next turn gets the tool's result
+    lab.configure("ubuntu-6000", tool_call={"name": "Write", "arguments": {"file_path": str(target),
+                                                                          "content": "pong\n"}})
+    p = run_claude(claude_code, lab, tmp_path, "write pong to pong.txt", "--allowedTools", "Write",
+                   "--permission-mode", "acceptEdits")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert target.read_text() == "pong\n"
+    assert "The tool returned:" in p.stdout
+    sent = lab.sims["ubuntu-6000"].last_body or {}
+    assert sent["messages"][-1]["role"] == "tool"  # the tool_result came back as the model's next input
