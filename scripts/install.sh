@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Install everything the lab needs into ./.venv, from this repo's own files (idempotent).
+# Install what the lab needs into ./.venv, from this repo's own files. Idempotent, and quick when
+# nothing changed: the venv is (re)installed only when pyproject.toml differs from the last install.
+#   bash scripts/install.sh         what running needs (scripts/up.sh): Mosquitto, the lab's packages
+#   bash scripts/install.sh --dev   what the tests need too (scripts/test.sh, .ci/run): the dev tools,
+#                                   Debian's Netdata and Chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# Real parts the tests start: Mosquitto (broker) and Debian's Netdata agent.
+MODE=run
+[ "${1:-}" = "--dev" ] && MODE=dev
 need=""
 command -v mosquitto >/dev/null 2>&1 || need="$need mosquitto"
 command -v mosquitto_passwd >/dev/null 2>&1 || need="$need mosquitto"
-command -v netdata >/dev/null 2>&1 || need="$need netdata"
-# what a person sees is tested in a real browser: Debian's chromium, headless
-[ -x /usr/bin/chromium ] || need="$need chromium"
+if [ "$MODE" = dev ]; then
+  # real parts only the tests start: Debian's Netdata agent, and a real browser for the dashboards
+  command -v netdata >/dev/null 2>&1 || need="$need netdata"
+  [ -x /usr/bin/chromium ] || need="$need chromium"
+fi
 if [ -n "$need" ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
@@ -20,6 +27,19 @@ if [ -n "$need" ]; then
   fi
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+STAMP=.venv/.homelab-installed
+KEY="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+have="$(cat "$STAMP" 2>/dev/null || true)"
+if [ "$have" = "$KEY dev" ] || [ "$have" = "$KEY $MODE" ]; then
+  exit 0  # installed from this very pyproject.toml already
+fi
+echo "install.sh: installing the lab's packages into .venv ($MODE)" >&2
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c "import services.router, openai" # fail loudly if the install did not take
+if [ "$MODE" = dev ]; then
+  .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -c "import services.router, openai, anthropic, schemathesis"  # fail loudly if it did not take
+else
+  .venv/bin/python -m pip install -q -e '.' 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -c "import services.router"  # fail loudly if the install did not take
+fi
+echo "$KEY $MODE" > "$STAMP"

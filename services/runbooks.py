@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from shared import admin_token
+
 COMMANDS = ("drain", "undrain", "reload", "recover-cuda", "upstreams", "explain", "summary", "cuda-probe", "shadow")
 
 
@@ -45,17 +47,33 @@ def add_arguments(sub: Any) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router", default=None, help="router base URL (default: HOMELAB_ROUTER_URL)")
-    p.add_argument("--token", default=None, help="admin token (default: HOMELAB_ADMIN_TOKEN)")
+    p.add_argument("--token", default=None,
+                   help="admin token (default: HOMELAB_ADMIN_TOKEN, else the one homelab up keeps in state/)")
+
+
+class NoToken(Exception):
+    """No admin token anywhere the CLI looks."""
+
+
+def _state_dir() -> Path:
+    return Path(os.environ.get("HOMELAB_STATE_DIR") or "state")
 
 
 def _client(a: argparse.Namespace) -> tuple[str, dict[str, str]]:
     base = (a.router or os.environ.get("HOMELAB_ROUTER_URL") or "http://127.0.0.1:8080/v1").rstrip("/")
-    token = a.token or os.environ.get("HOMELAB_ADMIN_TOKEN") or ""
+    token = admin_token.resolve(_state_dir(), a.token)
+    if not token:
+        raise NoToken(f"no admin token: set HOMELAB_ADMIN_TOKEN (or pass --token); a lab started with "
+                      f"`homelab up` keeps its own in {admin_token.token_file(_state_dir())}")
     return base.removesuffix("/v1"), {"Authorization": f"Bearer {token}"}
 
 
 def _call(a: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    base, headers = _client(a)
+    try:
+        base, headers = _client(a)
+    except NoToken as exc:
+        print(f"homelab: {exc}", file=sys.stderr)
+        return 2, None
     try:
         r = httpx.request(method, base + path, headers=headers, json=body, timeout=660)
     except httpx.HTTPError as exc:
@@ -77,7 +95,11 @@ def _shadow(a: argparse.Namespace) -> int:
         if a.file is None:
             print("homelab shadow load: give the candidate policy file", file=sys.stderr)
             return 2
-        base, headers = _client(a)
+        try:
+            base, headers = _client(a)
+        except NoToken as exc:
+            print(f"homelab: {exc}", file=sys.stderr)
+            return 2
         try:
             text = a.file.read_text(encoding="utf-8")
             r = httpx.post(base + "/admin/shadow", headers=headers, content=text.encode(), timeout=30)

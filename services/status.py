@@ -69,6 +69,11 @@ async def collect(settings: Settings, router_url: str, listen: float = LISTEN) -
         state = retained.get(f"homelab/{name}/status")
         since = _json(retained.get(f"homelab/{name}/status/since")) or {}
         row: dict[str, Any] = {"status": state.decode() if state else "never seen"}
+        if state is None and name == "netdata_bridge" and not settings.netdata_url:
+            row["status"] = "not configured"  # no Netdata to bridge (netdata_url): nothing to run
+        elif state is None and out["broker"]["ok"]:
+            # a part that cannot be seen is not well: never started, or never reached this broker
+            problems.append(f"service {name} was never seen on the broker (not running, or on another broker?)")
         if since.get("state") == row["status"]:
             row["since"] = since.get("since")
         elif since.get("state") == "online" and row["status"] == "offline":
@@ -87,6 +92,10 @@ async def collect(settings: Settings, router_url: str, listen: float = LISTEN) -
         for name, st in stats.get("routes", {}).items():
             routes[name] = {k: st.get(k) for k in ("healthy", "circuit", "in_flight", "max_concurrency", "drained",
                                                    "poisoned", "last_error", "continuation_effective")}
+            # an error older than the last good probe is history, not the route's state
+            if st.get("healthy") and st.get("probe_ok") and (st.get("last_error_at") or 0) <= (st.get("last_probe_at")
+                                                                                               or 0):
+                routes[name]["last_error"] = None
             if st.get("poisoned"):
                 problems.append(f"route {name} is CUDA-poisoned")
             elif not st.get("healthy"):
@@ -128,6 +137,8 @@ def render(s: dict[str, Any]) -> str:
     now = s["checked_at"]
     verdict = {OK: "OK: all is well", DOWN: "DOWN", UNKNOWN: "UNKNOWN"}[s["code"]]
     lines = [f"homelab status — {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}: {verdict}"]
+    w_svc = max((len(n) for n in s["services"]), default=10) + 2  # columns as wide as their longest name
+    w_route = max((len(n) for n in s.get("routes") or {}), default=5) + 2
     for p in s["problems"]:
         lines.append(f"  ! {p}")
     b = s["broker"]
@@ -136,15 +147,16 @@ def render(s: dict[str, Any]) -> str:
     for name, row in s["services"].items():
         when = _ago(row.get("since"), now) or (f"(was online since {_ago(row['online_since'], now)})"
                                                if row.get("online_since") else "")
-        lines.append(f"  {name:<18}{row['status']:<12}{when}")
+        lines.append(f"  {name:<{w_svc}}{row['status']:<16}{when}")
     r = s["router"]
     lines += ["", f"router   {r['url']}  {'ok' if r['ok'] else 'UNREACHABLE: ' + r.get('error', '')}"]
     if s["routes"]:
-        lines.append(f"  {'route':<14}{'health':<9}{'circuit':<11}{'load':<8}{'drained':<9}{'poisoned':<10}"
+        lines.append(f"  {'route':<{w_route}}{'health':<9}{'circuit':<11}{'load':<8}{'drained':<9}{'poisoned':<10}"
                      f"{'continuation':<14}last error")
         for name, st in s["routes"].items():
-            lines.append(f"  {name:<14}{'ok' if st['healthy'] else 'DOWN':<9}{st['circuit'] or '-':<11}"
-                         f"{st['in_flight']}/{st['max_concurrency']:<6}{'yes' if st['drained'] else '-':<9}"
+            load = f"{st['in_flight']}/{st['max_concurrency']}"
+            lines.append(f"  {name:<{w_route}}{'ok' if st['healthy'] else 'DOWN':<9}{st['circuit'] or '-':<11}"
+                         f"{load:<8}{'yes' if st['drained'] else '-':<9}"
                          f"{'YES' if st['poisoned'] else '-':<10}{st.get('continuation_effective') or '-':<14}"
                          f"{(st['last_error'] or '-')[:50]}")
     lines += ["", "netdata hosts  " + (", ".join(f"{h} {a}" for h, a in sorted(s["netdata_hosts"].items()))
@@ -159,7 +171,8 @@ def render(s: dict[str, Any]) -> str:
         lines += ["", "last camera event  none yet"]
     if s["scheduler_next"]:
         lines += ["", "scheduler next runs"]
-        lines += [f"  {j['job']:<22}{j['next_at'] or 'done'}" for j in s["scheduler_next"]]
+        w_job = max(len(str(j["job"])) for j in s["scheduler_next"]) + 2
+        lines += [f"  {j['job']:<{w_job}}{j['next_at'] or 'done'}" for j in s["scheduler_next"]]
     return "\n".join(lines)
 
 

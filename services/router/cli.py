@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
 
-    ap = argparse.ArgumentParser(prog="homelab-router", description="Serve homelab-router.")
+    ap = argparse.ArgumentParser(
+        prog="homelab-router", description="Serve homelab-router.",
+        epilog="subcommands:\n  explain PROMPT   print each bucket's score and the route a prompt would take "
+               "(no upstream needed;\n                   homelab-router explain --help)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", type=Path, default=DEFAULT_POLICY)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8080)

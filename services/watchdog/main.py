@@ -16,6 +16,7 @@ import httpx
 import orjson
 
 from services.watchdog.core import Action, WatchdogCore
+from shared import admin_token
 from shared.alerts import Alerter
 from shared.bus import Bus
 from shared.jsonl import JsonlWriter
@@ -71,7 +72,8 @@ class Watchdog:
         self.cfg = settings.watchdog
         self.core = WatchdogCore(self.cfg, set())
         self.router_base = settings.router_url.rstrip("/").removesuffix("/v1")
-        token = settings.admin_token.get_secret_value() if settings.admin_token else ""
+        given = settings.admin_token.get_secret_value() if settings.admin_token else None
+        token = admin_token.resolve(settings.state_dir, given) or ""
         self.admin_headers = {"Authorization": f"Bearer {token}"}
         self.router_reachable = True
         self.bus = bus

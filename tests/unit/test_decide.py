@@ -11,7 +11,6 @@ from services.router.errors import RequestError, UnknownModel
 from services.router.policy import load_policy
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "routing_policy.example.yaml"
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "design" / "routing_policy.example.yaml"
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "routing_policy.yaml"
 
 
@@ -25,13 +24,6 @@ def auto(router: Decider, text: str, *, image: bool = False, tokens: int | None 
     d = router.decide(model=model, text=text, has_image=image, tokens=tokens or len(text) // 4 + 4,
                       header_route=header, metadata_bucket=hint)
     return d.bucket, d.route, d.reason
-
-
-def test_the_example_policy_in_shared_is_the_one_tested() -> None:
-    if not SHARED.exists():
-        pytest.skip("shared/ design folder is not beside the repo")
-    assert SHARED.read_text() == FIXTURE.read_text()
-    load_policy(SHARED)
 
 
 @pytest.mark.parametrize(
