@@ -90,7 +90,7 @@ class Watchdog:
             routes = r.json()["routes"]
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             if self.router_reachable:
-                log.error("watchdog: cannot read the router's routes at %s/admin/upstreams (%s); no route is "
+                log.warning("watchdog: cannot read the router's routes at %s/admin/upstreams (%s); no route is "
                           "judged until it answers", self.router_base, exc)
             self.router_reachable = False
             return None

@@ -265,9 +265,13 @@ def test_runbook_commands(lab: Lab) -> None:
                                                          "messages": [{"role": "user", "content": "hi"}]})
     r = homelab(lab, "summary")
     assert r.returncode == 0 and "1 requests" in r.stdout and "spark 1" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "services.cli", "upstreams", "--router", "http://127.0.0.1:9/v1"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=30)
+    r = subprocess.run([sys.executable, "-m", "services.cli", "upstreams", "--router", "http://127.0.0.1:9/v1",
+                        "--token", "x"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "cannot reach the router" in r.stderr
+    env = {k: v for k, v in os.environ.items() if k != "HOMELAB_ADMIN_TOKEN"}
+    r = subprocess.run([sys.executable, "-m", "services.cli", "upstreams"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=30, env={**env, "HOMELAB_STATE_DIR": str(lab.tmp / "no-state")})
+    assert r.returncode == 2 and r.stderr.startswith("homelab: no admin token:")  # a clear word, not a protocol error
 
 
 def test_builtin_checks(bg: BackgroundLoop, lab: Lab, tmp_path: Path) -> None:
