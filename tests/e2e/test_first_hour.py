@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -64,18 +65,19 @@ def test_a_new_user_s_first_hour(tmp_path: Path) -> None:
     up = subprocess.Popen(["bash", "scripts/up.sh"], cwd=lab, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
     seen: list[str] = []
+    assert up.stdout is not None
+    # read everything it prints for as long as it runs (a full pipe would stall the lab)
+    reader = threading.Thread(target=lambda: seen.extend(iter(up.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
     try:
-        assert up.stdout is not None
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            line = up.stdout.readline()
-            if not line and up.poll() is not None:
+        while not any("Ctrl-C stops everything" in x for x in list(seen)):
+            if up.poll() is not None and not reader.is_alive():
                 pytest.fail("homelab up ended before its banner:\n" + "".join(seen[-60:]))
-            seen.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        else:
-            pytest.fail("no banner within 10 minutes:\n" + "".join(seen[-60:]))
+            if time.monotonic() > deadline:
+                pytest.fail("no banner within 10 minutes:\n" + "".join(seen[-60:]))
+            time.sleep(0.2)
+        seen = list(seen)
         banner = "".join(seen[max(i for i, x in enumerate(seen) if "homelab-router is up" in x):])
         assert "admin token (new, shown once" in banner
         assert oct((lab / "state" / "admin_token").stat().st_mode & 0o777) == "0o600"
@@ -115,6 +117,8 @@ def test_a_new_user_s_first_hour(tmp_path: Path) -> None:
                 os.killpg(up.pid, signal.SIGKILL)
                 up.wait(10)
                 pytest.fail("homelab up did not stop on Ctrl-C")
+        reader.join(10)
+        up.stdout.close()
     assert up.returncode in (0, -signal.SIGINT, 130), up.returncode
     left = subprocess.run(["pgrep", "-af", str(lab)], capture_output=True, text=True).stdout.strip()
     assert not left, f"still running after Ctrl-C:\n{left}"
