@@ -26,6 +26,7 @@ from services.router.relay import RelayResponse, StreamTrack, consume, done_with
 from services.router.request import DONE, FINISH_GRACE, JSON, Ctx
 from services.router.sse import SSEReader, join
 from services.router.state import RouteState
+from services.router.tool_repair import StreamRepair, fix_answer, format_for
 from services.router.upstream import Upstream
 
 log = logging.getLogger("homelab.router.attempt")
@@ -176,6 +177,9 @@ class Attempts:
             return classify(status, err, retry_after)
         if is_camera_triage(ctx.body):
             raw = validate_camera(ctx, name, raw, self.acct.validations)
+        fmt = format_for(ctx, route)
+        if fmt is not None:
+            raw = fix_answer(ctx, self.acct, name, fmt, raw)
         self._answered(ctx, name, st)
         return Outcome("ok", response=Response(raw, media_type=JSON, headers=ctx.headers(name)))
 
@@ -186,6 +190,8 @@ class Attempts:
         buffered: list[bytes] = []
         native = ctx.native(route)
         track = StreamTrack(native=ctx.api if native else None)
+        fmt = format_for(ctx, route)
+        repair = StreamRepair(ctx, self.acct, name, fmt) if fmt is not None else None
         first_end: UpstreamFault | bool | None = None
         try:
             async with asyncio.timeout(route.first_token_timeout):
@@ -250,9 +256,11 @@ class Attempts:
             release()
             done_with(resp)
             self._usage(ctx, track)
+            if repair is not None:
+                buffered = repair.events(buffered) + repair.finish()
             return Outcome("ok", response=Response(join(buffered) + DONE, media_type="text/event-stream",
                                                    headers=headers))
-        gen = self._relay(ctx, name, route, resp, sse, buffered, track, first_end)
+        gen = self._relay(ctx, name, route, resp, sse, buffered, track, first_end, repair)
 
         def on_close() -> None:
             release()
@@ -275,10 +283,19 @@ class Attempts:
         self.acct.finish(ctx, name)
 
     async def _relay(self, ctx: Ctx, name: str, route: Route, resp: aiohttp.ClientResponse, sse: SSEReader,
-                     buffered: list[bytes], track: StreamTrack,
-                     first_end: UpstreamFault | bool | None) -> AsyncIterator[bytes]:
+                     buffered: list[bytes], track: StreamTrack, first_end: UpstreamFault | bool | None,
+                     repair: StreamRepair | None) -> AsyncIterator[bytes]:
         fault: UpstreamFault | None = first_end if isinstance(first_end, UpstreamFault) else None
+
+        def fixed(events: list[bytes], done: bool = False) -> list[bytes]:
+            """The events with the route's tool-call markup repaired (all that is held, at the end)."""
+            if repair is None:
+                return events
+            out = repair.events(events)
+            return out + repair.finish() if done else out
+
         try:
+            buffered = fixed(buffered)
             if buffered:
                 yield join(buffered)
             while fault is None:
@@ -300,14 +317,17 @@ class Attempts:
                         self._completed(ctx, name, track)
                         return
                     ctx.events.append("finalised_without_done")
+                    last = fixed([], done=True)
                     self._completed(ctx, name, track)
-                    yield DONE
+                    yield join(last) + DONE
                     return
                 out, done, fault = consume(track, batch)
                 if done:
+                    out = fixed(out, done=True)
                     self._completed(ctx, name, track)
                     yield join(out) + DONE
                     return
+                out = fixed(out)
                 if out:
                     yield join(out)
         except UpstreamFault as exc:
@@ -328,6 +348,8 @@ class Attempts:
         assert fault is not None
         # Mid-stream failure: never a truncated success.
         resp.close()
+        if repair is not None and repair.holding:
+            track.tool_calls = True  # cut inside a call: never continued mid-call, never half a call
         self.acct.fault(ctx, name, "mid_stream", fault.kind, f"{fault.kind}: {fault.detail}")
         ctx.events.append(f"mid_stream:{name}:{fault.kind}")
         if ctx.attempts:

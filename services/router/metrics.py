@@ -78,6 +78,14 @@ class Metrics:
                                        ["route", "kind"], registry=r)
         self.internal_errors = Counter("homelab_router_internal_errors", "Unexpected exceptions caught",
                                        ["where"], registry=r)
+        self.tool_parse_errors = Counter("homelab_router_tool_parse_errors", "Answers whose tool-call markup did "
+                                         "not parse (sent as the engine wrote them)", ["route", "format"],
+                                         registry=self.registry)
+        self.tool_calls_parsed = Counter("homelab_router_tool_calls_parsed", "Tool calls turned from an engine's "
+                                         "markup into tool_calls", ["route", "format"], registry=self.registry)
+        self.tool_schema_mismatches = Counter("homelab_router_tool_schema_mismatches", "Parsed tool calls whose "
+                                              "arguments do not match the tool's schema (sent all the same)",
+                                              ["route", "tool"], registry=self.registry)
         self.shadow = Counter("homelab_router_shadow_decisions", "Live requests also decided by the shadow policy",
                               ["live_route", "candidate_route"], registry=r)
         r.register(_RouteCollector(routes))

@@ -66,6 +66,9 @@ class Route(_Strict):
     # /v1/messages (Anthropic): ``native`` relays to the engine's own /v1/messages (llama.cpp's server,
     # vLLM, Ollama); ``translate`` turns it into Chat Completions and the answer back
     messages: Literal["translate", "native"] = "translate"
+    # tool calls the engine writes as text (no parser of its own): hermes (Qwen, Hermes), glm45,
+    # llama3_json, mistral — the names vLLM gives its parsers; none passes answers through
+    tool_parser: Literal["none", "hermes", "glm45", "llama3_json", "mistral"] = "none"
     # the model's context window in tokens (the engine's own max_model_len wins when its /v1/models
     # reports one): a Messages request's max_tokens is clamped to what is left of it
     context_length: PositiveInt | None = None

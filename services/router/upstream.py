@@ -10,6 +10,7 @@ import orjson
 
 from services.router.policy import Route
 from services.router.request import JSON, Ctx
+from services.router.tool_repair import request_changes
 
 # aiohttp writes a bytes body in one go and warns past 1 MiB that it may hold the event loop; a file
 # object is written in pieces.
@@ -41,6 +42,9 @@ class Upstream:
         body = ctx.body
         if max_tokens is not None:
             extra = {**(extra or {}), "max_tokens": max_tokens}
+        tool_changes = request_changes(ctx, route)
+        if tool_changes:
+            extra = {**(extra or {}), **tool_changes}
         if body.get("model") != route.model or extra:
             body = {**body, "model": route.model, **(extra or {})}
         if route.structured_output == "json_object":

@@ -65,6 +65,14 @@ class SimConfig(BaseModel):
     # with tools offered and a user turn last: call this tool ({"name": ..., "arguments": {...}}); after the
     # tool's result comes back, answer "The tool returned: <result>"
     tool_call: dict[str, Any] | None = None
+    # how the engine gives that call: "native" tool_calls (vLLM with a tool parser), or written as text
+    # in a model's own markup (an engine without a parser): hermes, glm45, llama3_json, mistral
+    tool_format: Literal["native", "hermes", "glm45", "llama3_json", "mistral"] = "native"
+    tool_calls_n: int = 1  # calls in one answer (the same call, n times)
+    tool_preamble: str = ""  # text the model writes before its call
+    tool_markup: str | None = None  # exactly this text instead of the call (broken markup, say)
+    # False: vLLM started without --enable-auto-tool-choice: tools with tool_choice auto (or none given) → 400
+    auto_tool_choice: bool = True
     responses: bool = False  # serve /v1/responses natively (recent vLLM); else it is a 404 (most engines)
     messages: bool = False  # serve Anthropic's /v1/messages natively (llama.cpp's server, vLLM); else a 404
     max_model_len: int = 32768  # the context window /v1/models reports (as vLLM does)
@@ -75,6 +83,26 @@ class SimConfig(BaseModel):
     triage_answer: dict[str, Any] = {"verdict": "positive", "confidence": 0.9, "objects": ["person"],
                                      "summary": "A person is at the door"}
     embedding_dims: int = 8
+
+
+def tool_markup(fmt: str, calls: list[dict[str, Any]]) -> str:
+    """Calls written the way each model family writes them when no engine parser turns them into tool_calls."""
+    if fmt == "hermes":
+        return "".join("<tool_call>\n" + orjson.dumps({"name": c["name"], "arguments": c["arguments"]}).decode()
+                       + "\n</tool_call>" for c in calls)
+    if fmt == "glm45":
+        out = ""
+        for c in calls:
+            args = "".join(f"<arg_key>{k}</arg_key>\n<arg_value>{v if isinstance(v, str) else orjson.dumps(v).decode()}"
+                           "</arg_value>\n" for k, v in c["arguments"].items())
+            out += f"<tool_call>{c['name']}\n{args}</tool_call>"
+        return out
+    if fmt == "llama3_json":
+        return "<|python_tag|>" + "; ".join(
+            orjson.dumps({"name": c["name"], "parameters": c["arguments"]}).decode() for c in calls)
+    if fmt == "mistral":
+        return "[TOOL_CALLS]" + orjson.dumps([{"name": c["name"], "arguments": c["arguments"]} for c in calls]).decode()
+    raise ValueError(fmt)
 
 
 def answer_text(words: int = 12) -> str:
@@ -362,8 +390,14 @@ class SimUpstream:
             text = f"The tool returned: {messages[-1].get('content')}"
         else:
             text = c.reply if c.reply is not None else answer_text(c.words)
+        if body.get("tools") and not c.auto_tool_choice and body.get("tool_choice") in (None, "auto"):
+            return _err(400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
+                        "BadRequestError")
         if c.tool_call and body.get("tools") and last.get("role") == "user":
-            return await self._tool_call(request, body, c, messages)
+            if c.tool_format == "native":
+                return await self._tool_call(request, body, c, messages)
+            text = c.tool_preamble + (c.tool_markup if c.tool_markup is not None else
+                                      tool_markup(c.tool_format, [c.tool_call] * c.tool_calls_n))
         if prefix:
             # Continue the canonical answer from where the partial one stopped.
             full = text

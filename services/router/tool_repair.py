@@ -1,0 +1,181 @@
+"""A route's ``tool_parser`` at work on the request path: the engine is asked in a way it accepts, and
+the calls it wrote as text come back to the client as real ``tool_calls`` — in a whole answer, or in a
+stream (held until each call is whole). Bad markup comes back as written, on the record.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jsonschema
+import orjson
+
+from services.router.accounting import Accounting
+from services.router.policy import Route
+from services.router.request import Ctx
+from services.router.schemas import validator
+from services.router.sse import sse_data
+from services.router.toolparse import Call, Format, ToolStream, parse
+from services.router.toolparse import ParseError as ToolParseError
+
+
+def format_for(ctx: Ctx, route: Route) -> Format | None:
+    """The parser this request needs on ``route``: the route has one, the request offers tools, and the
+    route gets Chat Completions (a native route answers in its own API)."""
+    if route.tool_parser == "none" or not ctx.body.get("tools") or ctx.native(route):
+        return None
+    return route.tool_parser
+
+
+def request_changes(ctx: Ctx, route: Route) -> dict[str, Any]:
+    """An engine without a tool parser answers ``tool_choice: "auto"`` (and a missing one, which vLLM
+    takes as auto) with a 400; ``"none"`` keeps the tools in the prompt through the chat template."""
+    if format_for(ctx, route) is None:
+        return {}
+    choice = ctx.body.get("tool_choice")
+    return {"tool_choice": "none"} if choice in (None, "auto") else {}
+
+
+def _check(ctx: Ctx, acct: Accounting, route: str, calls: list[Call]) -> str | None:
+    """A reason to refuse the calls (an unknown tool), or None; schema mismatches are only noted."""
+    tools = {}
+    for t in ctx.body.get("tools") or ():
+        fn = t.get("function") if isinstance(t, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            tools[fn["name"]] = fn.get("parameters")
+    for call in calls:
+        if call.name not in tools:
+            return f"unknown tool '{call.name}'"
+        schema = tools[call.name]
+        if isinstance(schema, dict):
+            try:
+                validator(schema).validate(orjson.loads(call.arguments))
+            except jsonschema.ValidationError as exc:  # the agent decides: the call still goes out
+                ctx.events.append(f"tool_schema_mismatch:{call.name}:{exc.message[:120]}")
+                acct.metrics.tool_schema_mismatches.labels(route, call.name[:64]).inc()
+            except (jsonschema.SchemaError, orjson.JSONDecodeError):
+                pass
+    return None
+
+
+def _failed(ctx: Ctx, acct: Accounting, route: str, fmt: str, why: str) -> None:
+    ctx.events.append(f"tool_parse_error:{fmt}:{why[:200]}")
+    acct.metrics.tool_parse_errors.labels(route, fmt).inc()
+
+
+def _as_openai(calls: list[Call]) -> list[dict[str, Any]]:
+    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+
+
+def fix_answer(ctx: Ctx, acct: Accounting, name: str, fmt: Format, raw: bytes) -> bytes:
+    """A whole chat answer with its markup turned into ``tool_calls`` (or as it came, with the reason)."""
+    try:
+        body = orjson.loads(raw)
+        message = body["choices"][0]["message"]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return raw
+    text = message.get("content")
+    if not isinstance(text, str) or message.get("tool_calls"):
+        return raw
+    try:
+        before, calls = parse(fmt, text)
+    except ToolParseError as exc:
+        _failed(ctx, acct, name, fmt, str(exc))
+        return raw
+    if not calls:
+        return raw
+    refused = _check(ctx, acct, name, calls)
+    if refused is not None:
+        _failed(ctx, acct, name, fmt, refused)
+        return raw
+    message["content"] = before.strip() or None
+    message["tool_calls"] = _as_openai(calls)
+    body["choices"][0]["finish_reason"] = "tool_calls"
+    acct.metrics.tool_calls_parsed.labels(name, fmt).inc(len(calls))
+    ctx.events.append(f"tool_calls_parsed:{fmt}:{len(calls)}")
+    return orjson.dumps(body)
+
+
+class StreamRepair:
+    """Chat chunks in, chunks out with the markup turned into ``tool_calls`` deltas.
+
+    Content that may be markup is held; the chunk that finishes the answer (and the usage chunk
+    after it) is held until the calls are known, then goes out with ``finish_reason: "tool_calls"``.
+    """
+
+    def __init__(self, ctx: Ctx, acct: Accounting, route: str, fmt: Format) -> None:
+        self.ctx, self.acct, self.route, self.fmt = ctx, acct, route, fmt
+        self.stream = ToolStream(fmt)
+        self.template: dict[str, Any] = {}
+        self.tail: list[dict[str, Any]] = []  # the finishing chunk and what follows it
+
+    @property
+    def holding(self) -> bool:
+        """A call has started and is not whole yet: the answer must not be continued elsewhere."""
+        return self.stream.holding
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk = {"id": self.template.get("id", f"chatcmpl-{self.ctx.request_id}"), "object": "chat.completion.chunk",
+                 "created": self.template.get("created", int(time.time())), "model": self.template.get("model", ""),
+                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return b"data: " + orjson.dumps(chunk)
+
+    def events(self, events: list[bytes]) -> list[bytes]:
+        """Relayed SSE events in (``data: [DONE]`` excluded), the events to send now out."""
+        out: list[bytes] = []
+        for ev in events:
+            data = sse_data(ev)
+            if data is None:
+                out.append(ev)
+                continue
+            chunk = orjson.loads(data)
+            choices = chunk.get("choices") or []
+            if not self.template and chunk.get("id"):
+                self.template = {k: chunk.get(k) for k in ("id", "created", "model")}
+            if self.tail or (choices and choices[0].get("finish_reason")) or not choices:
+                if choices or self.tail:
+                    self.tail.append(chunk)  # finishing (or after it): held until the calls are known
+                    continue
+                out.append(ev)  # usage before any finish: as it came
+                continue
+            delta = choices[0].get("delta") or {}
+            text = delta.get("content")
+            if not isinstance(text, str) or not text:
+                out.append(ev)
+                continue
+            safe = self.stream.feed(text)
+            if safe:
+                choices[0]["delta"] = {**delta, "content": safe}
+                out.append(b"data: " + orjson.dumps(chunk))
+            elif set(delta) - {"content"}:
+                choices[0]["delta"] = {k: v for k, v in delta.items() if k != "content"}
+                out.append(b"data: " + orjson.dumps(chunk))
+        return out
+
+    def finish(self) -> list[bytes]:
+        """The stream ended well: what was held, the calls, then the held finish and usage."""
+        out: list[bytes] = []
+        text, calls, error = self.stream.finish()
+        if error is None and calls:
+            refused = _check(self.ctx, self.acct, self.route, calls)
+            if refused is not None:  # the answer as the engine wrote it
+                error, text, calls = refused, self.stream.last_held, []
+        if error is not None:
+            _failed(self.ctx, self.acct, self.route, self.fmt, error)
+        if text:
+            out.append(self._chunk({"content": text}))
+        for i, call in enumerate(calls):
+            out.append(self._chunk({"tool_calls": [{"index": i, "id": call.id, "type": "function",
+                                                    "function": {"name": call.name, "arguments": ""}}]}))
+            out.append(self._chunk({"tool_calls": [{"index": i, "function": {"arguments": call.arguments}}]}))
+        if calls:
+            self.acct.metrics.tool_calls_parsed.labels(self.route, self.fmt).inc(len(calls))
+            self.ctx.events.append(f"tool_calls_parsed:{self.fmt}:{len(calls)}")
+        for chunk in self.tail:
+            choices = chunk.get("choices") or []
+            if calls and choices and choices[0].get("finish_reason"):
+                choices[0]["finish_reason"] = "tool_calls"
+            out.append(b"data: " + orjson.dumps(chunk))
+        self.tail = []
+        return out
