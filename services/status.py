@@ -55,8 +55,9 @@ def _json(raw: bytes | None) -> Any:
 
 async def collect(settings: Settings, router_url: str, listen: float = LISTEN) -> dict[str, Any]:
     """Everything the screen shows, and the verdict (``code``: 0 well, 1 something down, 2 cannot tell)."""
-    out: dict[str, Any] = {"checked_at": round(time.time(), 3), "problems": []}
+    out: dict[str, Any] = {"checked_at": round(time.time(), 3), "problems": [], "warnings": []}
     problems: list[str] = out["problems"]
+    warnings: list[str] = out["warnings"]
     try:
         retained = await _retained(settings, listen)
         out["broker"] = {"url": repr(parse_mqtt_url(settings.mqtt_url)), "ok": True}
@@ -91,7 +92,10 @@ async def collect(settings: Settings, router_url: str, listen: float = LISTEN) -
         routes = {}
         for name, st in stats.get("routes", {}).items():
             routes[name] = {k: st.get(k) for k in ("healthy", "circuit", "in_flight", "max_concurrency", "drained",
-                                                   "poisoned", "last_error", "continuation_effective")}
+                                                   "poisoned", "last_error", "continuation_effective", "tool_calls")}
+            if st.get("tool_calls") == "text":  # works, but an agent sees text where a call should be
+                warnings.append(f"route {name} leaves tool calls as text ({st.get('tool_calls_seen') or 'markup'}): "
+                                "set its tool_parser in the policy")
             # an error older than the last good probe is history, not the route's state
             if st.get("healthy") and st.get("probe_ok") and (st.get("last_error_at") or 0) <= (st.get("last_probe_at")
                                                                                                or 0):
@@ -141,6 +145,8 @@ def render(s: dict[str, Any]) -> str:
     w_route = max((len(n) for n in s.get("routes") or {}), default=5) + 2
     for p in s["problems"]:
         lines.append(f"  ! {p}")
+    for w in s.get("warnings") or ():
+        lines.append(f"  ~ {w}")
     b = s["broker"]
     lines += ["", f"broker   {b['url']}  {'ok' if b['ok'] else 'UNREACHABLE: ' + b.get('error', '')}", "",
               "services"]
@@ -152,12 +158,13 @@ def render(s: dict[str, Any]) -> str:
     lines += ["", f"router   {r['url']}  {'ok' if r['ok'] else 'UNREACHABLE: ' + r.get('error', '')}"]
     if s["routes"]:
         lines.append(f"  {'route':<{w_route}}{'health':<9}{'circuit':<11}{'load':<8}{'drained':<9}{'poisoned':<10}"
-                     f"{'continuation':<14}last error")
+                     f"{'continuation':<14}{'tool calls':<12}last error")
         for name, st in s["routes"].items():
             load = f"{st['in_flight']}/{st['max_concurrency']}"
             lines.append(f"  {name:<{w_route}}{'ok' if st['healthy'] else 'DOWN':<9}{st['circuit'] or '-':<11}"
                          f"{load:<8}{'yes' if st['drained'] else '-':<9}"
                          f"{'YES' if st['poisoned'] else '-':<10}{st.get('continuation_effective') or '-':<14}"
+                         f"{st.get('tool_calls') or '-':<12}"
                          f"{(st['last_error'] or '-')[:50]}")
     lines += ["", "netdata hosts  " + (", ".join(f"{h} {a}" for h, a in sorted(s["netdata_hosts"].items()))
                                        or "none reported")]

@@ -64,8 +64,11 @@ def _children(a: argparse.Namespace) -> list[Child]:
                 argv.append("--no-vision")
             if not route.continuation:
                 argv.append("--no-continuation")
-            # the lab's engines: LM Studio on the Windows box, vLLM on the others
-            argv += ["--engine", "lmstudio" if name == "win-5090" else "vllm"]
+            # the lab's engines: LM Studio on the Windows box, vLLM on the others; the vLLM models write
+            # their tool calls as markup (GLM-4.5, Qwen) that the route's tool_parser turns into calls
+            argv += ["--engine", "lmstudio" if name == "win-5090" else "vllm", "--tool-call-any"]
+            if route.tool_parser != "none":
+                argv += ["--tool-format", route.tool_parser, "--no-auto-tool-choice"]
             out.append(Child(f"sim:{name}", argv, port=port,
                              remedy=f"the simulated upstream of route {name}: free the port, or give the route "
                                     f"another base_url in {a.policy} (or run with --no-sims against real upstreams)"))

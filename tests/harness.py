@@ -69,7 +69,8 @@ def test_policy(sims: dict[str, SimUpstream], **overrides: Any) -> dict[str, Any
         route["connect_timeout"] = 1.0
     # continuation checks send requests of their own: tests that count requests turn them on explicitly
     data["health"] = {"probe_interval": 0.2, "probe_timeout": 0.5, "failure_threshold": 3,
-                      "circuit_cooldown": 0.5, "retry_after_max": 2, "probe_continuation": False}
+                      "circuit_cooldown": 0.5, "retry_after_max": 2, "probe_continuation": False,
+                      "probe_tools": False}
     for key, value in overrides.items():
         data[key] = value
     return data

@@ -158,6 +158,9 @@ class Health(_Strict):
     retry_backoff_max: float = Field(default=0.25, ge=0)
     # Re-check declared continuation modes at start and after reload (a tiny prefill request).
     probe_continuation: bool = True
+    # Ask each route for a tool call once (at start, after a reload): does its engine give real
+    # tool_calls, markup that the route's tool_parser turns into calls, or markup nobody parses?
+    probe_tools: bool = True
 
     @model_validator(mode="after")
     def _backoff(self) -> Health:

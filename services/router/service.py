@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from services.router import toolparse
 from services.router.accounting import Accounting
 from services.router.decide import Decider, Decision, check_examples
 from services.router.errors import PolicyError
@@ -83,6 +84,18 @@ def context_of(entry: dict[str, Any]) -> int | None:
         value = entry.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
+    return None
+
+
+def _markup_in(text: str) -> str | None:
+    """The tool-call markup format a text is written in, if any."""
+    for fmt in toolparse.FORMATS[1:]:
+        try:
+            _, calls = toolparse.parse(fmt, text)
+        except toolparse.ParseError:
+            continue
+        if calls:
+            return fmt
     return None
 
 
@@ -180,6 +193,9 @@ class RouterService:
         if ok and st.continuation_checked_at is None and self._needs_continuation_check(name):
             st.continuation_checked_at = time.time()  # once; reload and promotion check again
             self._spawn(self.check_continuation(name))
+        if ok and st.tools_checked_at is None and policy.health.probe_tools:
+            st.tools_checked_at = time.time()
+            self._spawn(self.check_tools(name))
 
     async def _probe_loop(self) -> None:
         while True:
@@ -198,8 +214,9 @@ class RouterService:
         task.add_done_callback(self._tasks.discard)
 
     def after_policy_change(self) -> None:
-        """A new policy may declare new modes or point a route elsewhere: check continuation again."""
+        """A new policy may declare new modes or point a route elsewhere: check continuation and tools again."""
         for name, st in self.states.items():
+            st.tools_checked_at = None  # the next good probe asks again
             st.continuation_blocked.clear()
             st.continuation_checked_at = None
             if self.session is not None and self._needs_continuation_check(name) and st.healthy:
@@ -259,6 +276,58 @@ class RouterService:
                       name, route.base_url, verdict,
                       "by instruction instead" if mode == "instruct" else "is off")
         return verdict
+
+    async def check_tools(self, name: str) -> str:
+        """Ask the route for a tool call once and say what came back (``tool_calls`` in /admin/upstreams):
+        ``native``, ``parsed``, ``text`` (markup no one turns into calls: the log and ``homelab status``
+        warn) or ``unknown``."""
+        route = self.policy.routes[name]
+        st = self.states[name]
+        choices = ["none"] if route.tool_parser != "none" else ["auto", "none"]
+        verdict, seen = "unknown", None
+        try:
+            for choice in choices:
+                status, message = await self._ask_tool(name, choice)
+                if status == 400 and choice == "auto":  # vLLM without --tool-call-parser: what does it write?
+                    seen = "the engine has no tool parser of its own (400 to tool_choice auto)"
+                    continue
+                if message.get("tool_calls"):
+                    verdict = "native"
+                    break
+                text = message.get("content")
+                fmt = _markup_in(text if isinstance(text, str) else "")
+                if fmt is not None:
+                    verdict, seen = ("parsed" if fmt == route.tool_parser else "text"), f"{fmt} markup"
+                elif seen is not None:
+                    verdict = "text"
+                break
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            st.tools_checked_at = None  # again at the next good probe
+            return f"unverified: {type(exc).__name__}"
+        st.tool_calls, st.tool_calls_seen = verdict, seen
+        self.recoveries.write({"action": "tool_check", "route": name, "tool_calls": verdict, "seen": seen})
+        if verdict == "text":
+            hint = f"set tool_parser: {seen.split()[0]}" if seen and seen.endswith(" markup") else "set its tool_parser"
+            log.warning("route %s leaves tool calls as text (%s) and has no tool parser that reads them: %s",
+                        name, seen, hint)
+        return verdict
+
+    async def _ask_tool(self, name: str, choice: str) -> tuple[int, dict[str, Any]]:
+        route = self.policy.routes[name]
+        assert self.session is not None
+        tool = {"type": "function", "function": {"name": "ping", "description": "Answers pong.",
+                                                 "parameters": {"type": "object", "properties": {}}}}
+        body = {"model": route.model, "max_tokens": 128, "temperature": 0, "stream": False, "tools": [tool],
+                "tool_choice": choice, "messages": [{"role": "user", "content": "Call the ping tool now."}]}
+        async with self.session.post(route.chat_url, data=orjson.dumps(body),
+                                     headers={"Content-Type": JSON, **auth(route.api_key)},
+                                     timeout=aiohttp.ClientTimeout(total=route.first_token_timeout)) as r:
+            status, raw = r.status, await r.read()
+        try:
+            message = orjson.loads(raw)["choices"][0]["message"]
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            message = {}
+        return status, message if isinstance(message, dict) else {}
 
     # ---- policy: reload, shadow, promotion ----------------------------------------------------
 

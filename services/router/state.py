@@ -26,6 +26,11 @@ class RouteState:
     recovering: bool = False
     trial: bool = False  # a half-open circuit's one trial request is in flight
     max_model_len: int | None = None  # the context window the engine reports for the route's model
+    # what the tool probe saw: native (real tool_calls), parsed (markup the route's tool_parser turns
+    # into calls), text (markup left as text: no parser anywhere), unknown (not probed, or no call)
+    tool_calls: str = "unknown"
+    tool_calls_seen: str | None = None  # the probe's detail (the markup format found, the engine's words)
+    tools_checked_at: float | None = None
     # continuation modes found not to work on this upstream (mode -> what the check saw)
     continuation_blocked: dict[str, str] = field(default_factory=dict)
     continuation_checked_at: float | None = None
@@ -116,4 +121,6 @@ class RouteState:
             "continuation_declared": list(continuation),
             "continuation_effective": self.effective_continuation(continuation),
             "continuation_blocked": dict(self.continuation_blocked),
+            "tool_calls": self.tool_calls,
+            "tool_calls_seen": self.tool_calls_seen,
         }

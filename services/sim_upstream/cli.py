@@ -26,6 +26,14 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="one of: " + ", ".join(get_args(Fault)))
     ap.add_argument("--fault-after", type=int, default=2)
     ap.add_argument("--fault-delay", type=float, default=30.0)
+    ap.add_argument("--tool-format", default="native",
+                    choices=("native", "hermes", "glm45", "llama3_json", "mistral"),
+                    help="how tool calls come back: native tool_calls (vLLM with a parser), or a model's markup "
+                         "as text")
+    ap.add_argument("--no-auto-tool-choice", action="store_true",
+                    help='answer tools with tool_choice auto with 400, as vLLM without --enable-auto-tool-choice')
+    ap.add_argument("--tool-call-any", action="store_true",
+                    help="offered tools and a user turn last: call the first tool offered (with no arguments)")
 
 
 async def _serve(sim: SimUpstream) -> None:
@@ -57,6 +65,7 @@ def run_frigate(a: argparse.Namespace) -> int:
 def run(a: argparse.Namespace) -> int:
     cfg = SimConfig(model=a.model, ttft=a.ttft, per_token=a.per_token, words=a.words, vision=not a.no_vision,
                     slots=a.slots, continuation=not a.no_continuation, fault=a.fault,
-                    fault_after=a.fault_after, fault_delay=a.fault_delay, engine=a.engine)
+                    fault_after=a.fault_after, fault_delay=a.fault_delay, engine=a.engine, tool_format=a.tool_format,
+                    auto_tool_choice=not a.no_auto_tool_choice, tool_call_any=a.tool_call_any)
     asyncio.run(_serve(SimUpstream(cfg, a.host, a.port)))
     return 0

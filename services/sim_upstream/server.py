@@ -73,6 +73,7 @@ class SimConfig(BaseModel):
     tool_markup: str | None = None  # exactly this text instead of the call (broken markup, say)
     # False: vLLM started without --enable-auto-tool-choice: tools with tool_choice auto (or none given) → 400
     auto_tool_choice: bool = True
+    tool_call_any: bool = False  # with no tool_call set: call the first tool offered, with no arguments
     responses: bool = False  # serve /v1/responses natively (recent vLLM); else it is a 404 (most engines)
     messages: bool = False  # serve Anthropic's /v1/messages natively (llama.cpp's server, vLLM); else a 404
     max_model_len: int = 32768  # the context window /v1/models reports (as vLLM does)
@@ -393,6 +394,11 @@ class SimUpstream:
         if body.get("tools") and not c.auto_tool_choice and body.get("tool_choice") in (None, "auto"):
             return _err(400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
                         "BadRequestError")
+        markup_anyway = c.tool_format != "native" or body.get("tool_choice") != "none"  # a model writes it regardless
+        if c.tool_call is None and c.tool_call_any and body.get("tools") and last.get("role") == "user" \
+                and markup_anyway:
+            first = (body["tools"][0].get("function") or {}) if isinstance(body["tools"][0], dict) else {}
+            c = c.model_copy(update={"tool_call": {"name": str(first.get("name") or "tool"), "arguments": {}}})
         if c.tool_call and body.get("tools") and last.get("role") == "user":
             if c.tool_format == "native":
                 return await self._tool_call(request, body, c, messages)

@@ -24,12 +24,16 @@ ASK: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
 MARKUP = ("<tool_call>", "</tool_call>", "<arg_key>", "[TOOL_CALLS]", "<|python_tag|>", '"parameters"')
 
 
-def parsed_route(lab: Lab, fmt: str, **sim: Any) -> None:
-    """ubuntu-6000's engine writes calls as ``fmt`` markup and has no parser; the route parses them."""
+def set_parser(lab: Lab, fmt: str) -> None:
     lab.policy["routes"]["ubuntu-6000"]["tool_parser"] = fmt
     lab.write_policy(lab.policy)
     r = httpx.post(lab.url + "/admin/reload-config", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
     assert r.status_code == 200, r.text
+
+
+def parsed_route(lab: Lab, fmt: str, **sim: Any) -> None:
+    """ubuntu-6000's engine writes calls as ``fmt`` markup and has no parser; the route parses them."""
+    set_parser(lab, fmt)
     lab.configure("ubuntu-6000", tool_call=CALL, tool_format=fmt, auto_tool_choice=False, **sim)
 
 
@@ -112,6 +116,7 @@ def test_bad_markup_comes_back_as_written_and_on_the_record(lab: Lab, client: Op
 
 
 def test_an_engine_without_a_parser_refuses_auto_tool_choice(lab: Lab) -> None:
+    set_parser(lab, "none")  # what the route does without tool_parser
     lab.configure("ubuntu-6000", tool_call=CALL, tool_format="hermes", auto_tool_choice=False)
     r = httpx.post(lab.base_url + "/chat/completions", json={"model": "homelab/code", "messages": ASK,
                                                              "tools": TOOLS}, timeout=20)
@@ -145,3 +150,24 @@ def test_arguments_that_miss_the_schema_still_go_out_and_are_noted(lab: Lab, cli
     (call,) = r.choices[0].message.tool_calls or []
     assert json.loads(call.function.arguments) == {"days": "three"}  # type: ignore[union-attr]
     assert any(e.startswith("tool_schema_mismatch:get_weather:") for e in last_line(lab)["events"])
+
+
+@pytest.mark.parametrize(("fmt", "parser", "auto", "seen"), [("native", "none", True, "native"),
+                                                            ("glm45", "glm45", False, "parsed"),
+                                                            ("glm45", "none", False, "text"),
+                                                            ("hermes", "none", True, "text")])
+def test_the_tool_probe_says_what_each_route_does(lab: Lab, fmt: str, parser: str, auto: bool, seen: str) -> None:
+    set_parser(lab, parser)
+    lab.configure("ubuntu-6000", tool_format=fmt, auto_tool_choice=auto, tool_call_any=True)
+    assert lab.bg.run(lab.svc.check_tools("ubuntu-6000")) == seen
+    up = httpx.get(lab.url + "/admin/upstreams", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                   timeout=10).json()["routes"]["ubuntu-6000"]
+    assert up["tool_calls"] == seen
+    if seen == "text":
+        assert f"{fmt} markup" in up["tool_calls_seen"]
+        from services.status import collect
+        from shared.settings import Settings
+
+        s = lab.bg.run(collect(Settings(mqtt_url="mqtt://127.0.0.1:1", router_url=lab.base_url), lab.base_url,
+                               listen=0.1))
+        assert any("route ubuntu-6000 leaves tool calls as text" in w for w in s["warnings"])
