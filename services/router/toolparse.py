@@ -77,11 +77,10 @@ def _glm_call(body: str) -> Call:
         raise ParseError("glm45: text between the arguments")
     args: dict[str, Any] = {}
     for key, raw in _GLM_ARG.findall(rest):
-        value = raw.strip()
         try:
-            args[key.strip()] = json.loads(value)
+            args[key.strip()] = json.loads(raw.strip())  # a number, a list, an object, a quoted string
         except json.JSONDecodeError:
-            args[key.strip()] = value  # a plain string value
+            args[key.strip()] = raw  # a plain string, verbatim (a file's content keeps its last newline)
     return Call(name, json.dumps(args, ensure_ascii=False))
 
 
@@ -105,7 +104,8 @@ class _Tagged:
         calls = []
         while rest.strip():
             if not rest.lstrip().startswith(self.open):
-                raise ParseError(f"{self.fmt}: text after a call")
+                before += rest  # words after the calls stay words (as vLLM's parsers keep them)
+                break
             rest = rest.lstrip()[len(self.open):]
             j = rest.find(self.close)
             if j < 0:

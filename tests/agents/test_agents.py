@@ -107,11 +107,15 @@ def test_claude_code_answers_through_the_router(lab: Lab, claude_code: Path, tmp
     assert main[-1]["tokens"] > 2_000  # Claude Code's system prompt and tool definitions, counted
 
 
-def test_claude_code_writes_a_file_with_its_tool(lab: Lab, claude_code: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["native", "glm45"])
+def test_claude_code_writes_a_file_with_its_tool(lab: Lab, claude_code: Path, tmp_path: Path, engine: str) -> None:
+    """``glm45``: the engine has no tool parser and leaves GLM-4.5's markup as text; the route's
+    tool_parser turns it into the call Claude Code runs."""
     target = tmp_path / "work" / "pong.txt"
     # the simulated model asks Claude Code to write a file; its next turn gets the tool's result
     lab.configure("ubuntu-6000", tool_call={"name": "Write", "arguments": {"file_path": str(target),
-                                                                          "content": "pong\n"}})
+                                                                          "content": "pong\n"}},
+                  tool_format=engine, auto_tool_choice=engine == "native")
     p = run_claude(claude_code, lab, tmp_path, "write pong to pong.txt", "--allowedTools", "Write",
                    "--permission-mode", "acceptEdits")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -119,3 +123,6 @@ def test_claude_code_writes_a_file_with_its_tool(lab: Lab, claude_code: Path, tm
     assert "The tool returned:" in p.stdout
     sent = lab.sims["ubuntu-6000"].last_body or {}
     assert sent["messages"][-1]["role"] == "tool"  # the tool_result came back as the model's next input
+    if engine != "native":
+        lines = read_jsonl(lab.log_dir / "router-decisions.jsonl")
+        assert any("tool_calls_parsed:glm45:1" in (d.get("events") or ()) for d in lines)
