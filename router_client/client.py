@@ -1,6 +1,6 @@
 """A small async client for the router's OpenAI-compatible API.
 
-    RouterError
+    CallFailed              a call to the router did not give an answer
     ├── RouterUnavailable   connection refused, timeout, 5xx (retryable later; fail closed now)
     └── RouterRejected      4xx: the request itself is wrong (not retryable)
 """
@@ -13,17 +13,17 @@ import aiohttp
 import orjson
 
 
-class RouterError(Exception):
+class CallFailed(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
 
 
-class RouterUnavailable(RouterError):
+class RouterUnavailable(CallFailed):
     """The router or every upstream behind it could not answer in time."""
 
 
-class RouterRejected(RouterError):
+class RouterRejected(CallFailed):
     """The router answered 4xx."""
 
 
@@ -36,7 +36,7 @@ class RouterClient:
             self.headers["Authorization"] = f"Bearer {api_key}"
 
     async def chat(self, body: dict[str, Any], *, time_limit: float) -> dict[str, Any]:
-        """POST /chat/completions (non-streaming); the decoded answer or a RouterError."""
+        """POST /chat/completions (non-streaming); the decoded answer or a CallFailed."""
         try:
             async with self.session.post(f"{self.base_url}/chat/completions", data=orjson.dumps(body),
                                          headers=self.headers, timeout=aiohttp.ClientTimeout(total=time_limit)) as r:

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from router_client import RouterClient, RouterError
+from router_client import CallFailed, RouterClient
 from services.vision_notifier.ha import camera_discovery, camera_topics, entity_ids
 from services.vision_notifier.snapshot import SnapshotError, allowed_hosts, fetch_frigate, prepare
 from services.vision_notifier.store import NotifierStore
@@ -210,7 +210,7 @@ class Notifier:
         try:
             answer = await self.router.chat(body, time_limit=self.cfg.classifier_timeout)
             return parse_stage1(RouterClient.content(answer))
-        except RouterError as exc:
+        except CallFailed as exc:
             return escalate(f"classifier unavailable: {exc}")
 
     async def _describe(self, ev: CameraEvent, jpeg: bytes | None, s1: Stage1) -> tuple[str, bool, str | None]:
@@ -221,7 +221,7 @@ class Notifier:
             if text:
                 return text, False, None
             why, reason = "the senior model answered nothing", "senior model gave no description"
-        except RouterError as exc:
+        except CallFailed as exc:
             why, reason = f"senior model unavailable: {exc}", "senior model offline"
         log.warning("event %s: %s; sending a degraded description", ev.event_id, why)
         return degraded_description(ev, s1, reason), True, why
