@@ -133,24 +133,34 @@ class StreamRepair:
             choices = chunk.get("choices") or []
             if not self.template and chunk.get("id"):
                 self.template = {k: chunk.get(k) for k in ("id", "created", "model")}
-            if self.tail or (choices and choices[0].get("finish_reason")) or not choices:
-                if choices or self.tail:
-                    self.tail.append(chunk)  # finishing (or after it): held until the calls are known
-                    continue
-                out.append(ev)  # usage before any finish: as it came
+            if not choices:  # usage: after the finish it waits with it, before it goes as it came
+                if self.tail:
+                    self.tail.append(chunk)
+                else:
+                    out.append(ev)
                 continue
             delta = choices[0].get("delta") or {}
             text = delta.get("content")
-            if not isinstance(text, str) or not text:
+            finishing = bool(choices[0].get("finish_reason")) or bool(self.tail)
+            if isinstance(text, str) and text:
+                safe = self.stream.feed(text)
+                rest = {k: v for k, v in delta.items() if k != "content"}
+                if safe and not finishing:
+                    choices[0]["delta"] = {**rest, "content": safe}
+                    out.append(b"data: " + orjson.dumps(chunk))
+                    continue
+                if safe:
+                    out.append(self._chunk({"content": safe}))
+                choices[0]["delta"] = rest
+                if not rest and not finishing:
+                    continue  # all of it held back
+                if not finishing:
+                    out.append(b"data: " + orjson.dumps(chunk))
+                    continue
+            elif not finishing:
                 out.append(ev)
                 continue
-            safe = self.stream.feed(text)
-            if safe:
-                choices[0]["delta"] = {**delta, "content": safe}
-                out.append(b"data: " + orjson.dumps(chunk))
-            elif set(delta) - {"content"}:
-                choices[0]["delta"] = {k: v for k, v in delta.items() if k != "content"}
-                out.append(b"data: " + orjson.dumps(chunk))
+            self.tail.append(chunk)  # the finish (and what follows): held until the calls are known
         return out
 
     def finish(self) -> list[bytes]:
