@@ -13,14 +13,13 @@ sends its environment that way, last) joins the system prompt.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from services.router.errors import RequestError
-from services.router.sse import SSEBuffer, sse_data
+from services.router.sse import ChatStreamTranslator
 
 DROPPED_FIELDS = ("thinking", "context_management", "output_config", "container", "mcp_servers", "service_tier")
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
@@ -283,22 +282,21 @@ def to_message(chat: Any, request: dict[str, Any], rid: str) -> dict[str, Any]:
             "usage": _usage(chat.get("usage") if isinstance(chat, dict) else None)}
 
 
-class StreamTranslator:
+class StreamTranslator(ChatStreamTranslator):
     """Chat Completions SSE → the Messages event stream, event by event."""
 
     def __init__(self, request: dict[str, Any], rid: str, input_tokens: int) -> None:
+        super().__init__()
         self.request = request
         self.rid = rid
         self.input_tokens = input_tokens
         self.started = False
-        self.ended = False
         self.index = -1  # the open content block, if any
         self.open: str | None = None  # its kind: "text" or "tool_use"
         self.calls: dict[int, int] = {}  # chat tool-call index → content block index
         self.finish: dict[str, Any] | None = None
         self.usage: dict[str, int] | None = None
         self.output_chars = 0
-        self._sse = SSEBuffer()
 
     @staticmethod
     def _ev(kind: str, **data: Any) -> bytes:
@@ -375,30 +373,3 @@ class StreamTranslator:
         self.ended = True
         return out
 
-    def feed_bytes(self, piece: bytes) -> bytes:
-        """Chat SSE bytes in (any split), Messages events out."""
-        out: list[bytes] = []
-        for ev in self._sse.feed(piece):
-            data = sse_data(ev)
-            if data is None or self.ended:
-                continue
-            if data == b"[DONE]":
-                out += self.done()
-                continue
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict):
-                out += self.failed(chunk["error"])
-            elif isinstance(chunk, dict):
-                out += self.feed(chunk)
-        return b"".join(out)
-
-    async def translate(self, chat_sse: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for piece in chat_sse:
-            out = self.feed_bytes(piece)
-            if out:
-                yield out
-        if not self.ended:  # the relay ended without [DONE] or an error event: never a silent cut
-            yield b"".join(self.failed({"message": "the answer was cut off"}))

@@ -13,14 +13,13 @@ dropped and noted in the decision log; ``reasoning`` and ``include`` go to nativ
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from services.router.errors import RequestError
-from services.router.sse import SSEBuffer, sse_data
+from services.router.sse import ChatStreamTranslator
 
 PASSED = ("temperature", "top_p", "parallel_tool_calls", "metadata", "user", "seed", "stop")
 
@@ -218,10 +217,11 @@ def to_response(chat: Any, request: dict[str, Any], rid: str) -> dict[str, Any]:
     return out
 
 
-class StreamTranslator:
+class StreamTranslator(ChatStreamTranslator):
     """Chat Completions SSE → the Responses event stream, event by event."""
 
     def __init__(self, request: dict[str, Any], rid: str) -> None:
+        super().__init__()
         self.request = request
         self.rid = rid
         self.seq = 0
@@ -234,8 +234,6 @@ class StreamTranslator:
         self.usage: dict[str, Any] | None = None
         self.finish: str | None = None
         self.started = False
-        self.ended = False
-        self._sse = SSEBuffer()
 
     def _ev(self, kind: str, **data: Any) -> bytes:
         self.seq += 1
@@ -329,28 +327,3 @@ class StreamTranslator:
         self.ended = True
         return out
 
-    def feed_bytes(self, piece: bytes) -> bytes:
-        """Chat SSE bytes in (any split), Responses events out."""
-        out: list[bytes] = []
-        for ev in self._sse.feed(piece):
-            data = sse_data(ev)
-            if data is None or self.ended:
-                continue
-            if data == b"[DONE]":
-                out += self.done()
-                continue
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict):
-                out += self.failed(chunk["error"])
-            elif isinstance(chunk, dict):
-                out += self.feed(chunk)
-        return b"".join(out)
-
-    async def translate(self, chat_sse: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for piece in chat_sse:
-            out = self.feed_bytes(piece)
-            if out:
-                yield out

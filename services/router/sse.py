@@ -6,9 +6,11 @@ comment-only event (``: ping``) has no data.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
+import orjson
 
 from services.router.outcomes import UpstreamFault
 
@@ -82,3 +84,49 @@ class SSEReader:
 def join(events: list[bytes]) -> bytes:
     """Events back to wire bytes."""
     return b"\n\n".join(events) + b"\n\n" if events else b""
+
+
+class ChatStreamTranslator:
+    """Chat Completions SSE in (any split), another API's event stream out. Subclasses say what one
+    chunk, the end and a failure become; the SSE reading, the order and the ending are here: a stream
+    that stops without ``[DONE]`` or an error event ends with a failure, never a silent cut."""
+
+    def __init__(self) -> None:
+        self.ended = False
+        self._sse = SSEBuffer()
+
+    def feed(self, chunk: dict[str, Any]) -> list[bytes]:
+        raise NotImplementedError
+
+    def done(self) -> list[bytes]:
+        raise NotImplementedError
+
+    def failed(self, error: dict[str, Any]) -> list[bytes]:
+        raise NotImplementedError
+
+    def feed_bytes(self, piece: bytes) -> bytes:
+        out: list[bytes] = []
+        for ev in self._sse.feed(piece):
+            data = sse_data(ev)
+            if data is None or self.ended:
+                continue
+            if data == b"[DONE]":
+                out += self.done()
+                continue
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict):
+                out += self.failed(chunk["error"])
+            elif isinstance(chunk, dict):
+                out += self.feed(chunk)
+        return b"".join(out)
+
+    async def translate(self, chat_sse: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for piece in chat_sse:
+            out = self.feed_bytes(piece)
+            if out:
+                yield out
+        if not self.ended:
+            yield b"".join(self.failed({"message": "the answer was cut off", "code": "upstream_stream_failed"}))

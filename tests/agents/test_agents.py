@@ -38,14 +38,19 @@ def run_codex(codex: Path, home: Path, work: Path, prompt: str) -> subprocess.Co
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
+def native(lab: Lab, api: str) -> None:
+    """ubuntu-6000's engine serves ``api`` (responses, messages) itself, and the route relays it there."""
+    lab.configure("ubuntu-6000", **{api: True})
+    lab.policy["routes"]["ubuntu-6000"][api] = "native"
+    lab.write_policy(lab.policy)
+    assert httpx.post(lab.url + "/admin/reload-config",
+                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 200
+
+
 @pytest.mark.parametrize("mode", ["translate", "native"])
 def test_codex_cli_answers_through_the_router(lab: Lab, codex: Path, tmp_path: Path, mode: str) -> None:
     if mode == "native":
-        lab.configure("ubuntu-6000", responses=True)
-        lab.policy["routes"]["ubuntu-6000"]["responses"] = "native"
-        lab.write_policy(lab.policy)
-        assert httpx.post(lab.url + "/admin/reload-config",
-                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 200
+        native(lab, "responses")
     p = run_codex(codex, codex_home(tmp_path, lab.base_url), tmp_path / "work", "Refactor this function")
     assert p.returncode == 0, p.stdout + p.stderr
     assert FULL in p.stdout
@@ -93,11 +98,7 @@ def run_claude(claude: Path, lab: Lab, tmp: Path, prompt: str, *extra: str) -> s
 @pytest.mark.parametrize("mode", ["translate", "native"])
 def test_claude_code_answers_through_the_router(lab: Lab, claude_code: Path, tmp_path: Path, mode: str) -> None:
     if mode == "native":
-        lab.configure("ubuntu-6000", messages=True)
-        lab.policy["routes"]["ubuntu-6000"]["messages"] = "native"
-        lab.write_policy(lab.policy)
-        assert httpx.post(lab.url + "/admin/reload-config",
-                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 200
+        native(lab, "messages")
     p = run_claude(claude_code, lab, tmp_path, "say pong")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert FULL in p.stdout
