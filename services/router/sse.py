@@ -6,6 +6,7 @@ comment-only event (``: ping``) has no data.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -86,7 +87,7 @@ def join(events: list[bytes]) -> bytes:
     return b"\n\n".join(events) + b"\n\n" if events else b""
 
 
-class ChatStreamTranslator:
+class ChatStreamTranslator(ABC):
     """Chat Completions SSE in (any split), another API's event stream out. Subclasses say what one
     chunk, the end and a failure become; the SSE reading, the order and the ending are here: a stream
     that stops without ``[DONE]`` or an error event ends with a failure, never a silent cut."""
@@ -95,14 +96,17 @@ class ChatStreamTranslator:
         self.ended = False
         self._sse = SSEBuffer()
 
+    @abstractmethod
     def feed(self, chunk: dict[str, Any]) -> list[bytes]:
-        raise NotImplementedError
+        """One chat chunk → the events it becomes."""
 
+    @abstractmethod
     def done(self) -> list[bytes]:
-        raise NotImplementedError
+        """The chat stream ended well → the closing events."""
 
+    @abstractmethod
     def failed(self, error: dict[str, Any]) -> list[bytes]:
-        raise NotImplementedError
+        """The chat stream ended with an error → the API's failure events."""
 
     def feed_bytes(self, piece: bytes) -> bytes:
         out: list[bytes] = []

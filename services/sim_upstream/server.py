@@ -16,6 +16,24 @@ import orjson
 from aiohttp import ClientConnectionResetError, web
 from pydantic import BaseModel, ConfigDict
 
+from services.sim_upstream import native
+from services.sim_upstream.shapes import (
+    CONTINUE_MARK,
+    ENGINE_DEAD,
+    ENGINES,
+    Engine,
+    answer_text,
+    context_error,
+    err,
+    example_for_schema,
+    has_image,
+    prompt_tokens,
+    tokens,
+    tool_markup,
+)
+
+__all__ = ["ENGINES", "Fault", "SimConfig", "SimUpstream", "answer_text", "prompt_tokens"]
+
 Fault = Literal[
     "none",
     "http_500",
@@ -38,8 +56,6 @@ Fault = Literal[
     "silent_reset",  # accept, say nothing for fault_delay seconds, then close the socket
     "engine_dead",  # vLLM's dead engine: 500 before an answer; mid-stream an error event then [DONE]
 ]
-Engine = Literal["vllm", "llamacpp", "lmstudio", "ollama"]
-ENGINES: tuple[Engine, ...] = ("vllm", "llamacpp", "lmstudio", "ollama")
 
 
 class SimConfig(BaseModel):
@@ -84,116 +100,6 @@ class SimConfig(BaseModel):
     triage_answer: dict[str, Any] = {"verdict": "positive", "confidence": 0.9, "objects": ["person"],
                                      "summary": "A person is at the door"}
     embedding_dims: int = 8
-
-
-def tool_markup(fmt: str, calls: list[dict[str, Any]]) -> str:
-    """Calls written the way each model family writes them when no engine parser turns them into tool_calls."""
-    if fmt == "hermes":
-        return "".join("<tool_call>\n" + orjson.dumps({"name": c["name"], "arguments": c["arguments"]}).decode()
-                       + "\n</tool_call>" for c in calls)
-    if fmt == "glm45":
-        out = ""
-        for c in calls:
-            args = "".join(f"<arg_key>{k}</arg_key>\n<arg_value>{v if isinstance(v, str) else orjson.dumps(v).decode()}"
-                           "</arg_value>\n" for k, v in c["arguments"].items())
-            out += f"<tool_call>{c['name']}\n{args}</tool_call>"
-        return out
-    if fmt == "llama3_json":
-        return "<|python_tag|>" + "; ".join(
-            orjson.dumps({"name": c["name"], "parameters": c["arguments"]}).decode() for c in calls)
-    if fmt == "mistral":
-        return "[TOOL_CALLS]" + orjson.dumps([{"name": c["name"], "arguments": c["arguments"]} for c in calls]).decode()
-    raise ValueError(fmt)
-
-
-def answer_text(words: int = 12) -> str:
-    """The deterministic answer every simulated model gives (the same on every route, so one
-    route can continue what another started)."""
-    body = " ".join(f"word{i}" for i in range(words))
-    return f"The simulated answer: {body}."
-
-
-def _tokens(text: str) -> list[str]:
-    # Split keeping the separators so joined chunks rebuild the exact text.
-    out = []
-    for i, w in enumerate(text.split(" ")):
-        out.append(w if i == 0 else " " + w)
-    return [piece for piece in out if piece]
-
-
-def _example_for_schema(schema: dict[str, Any]) -> Any:
-    t = schema.get("type")
-    if "enum" in schema:
-        return schema["enum"][0]
-    if "const" in schema:
-        return schema["const"]
-    if t == "object" or "properties" in schema:
-        props = schema.get("properties", {})
-        return {k: _example_for_schema(v) for k, v in props.items()}
-    if t == "array":
-        return [_example_for_schema(schema.get("items", {"type": "string"}))]
-    if t == "integer":
-        return int(schema.get("minimum", 1))
-    if t == "number":
-        return float(schema.get("maximum", 1.0))
-    if t == "boolean":
-        return True
-    return "sim"
-
-
-def _has_image(messages: list[Any]) -> bool:
-    for m in messages:
-        c = m.get("content") if isinstance(m, dict) else None
-        if isinstance(c, list) and any(isinstance(p, dict) and p.get("type") == "image_url" for p in c):
-            return True
-    return False
-
-
-CONTINUE_MARK = "Continue it exactly where it stopped"
-
-
-def _words(content: Any) -> int:
-    if isinstance(content, list):
-        content = " ".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
-    return len(str(content or "").split())
-
-
-def prompt_tokens(messages: list[Any], open_last: bool) -> int:
-    """Tokens of the rendered prompt, chat-template style: per turn a 3-token header, its words and an
-    end-of-turn token, then a 3-token assistant header for the new turn. A continued prefill (open_last)
-    leaves the last turn open and adds no new header."""
-    n = sum(3 + _words(m.get("content")) + 1 for m in messages if isinstance(m, dict))
-    return n - 1 if open_last else n + 3
-
-
-def context_error(engine: Engine, status: int = 400) -> web.Response:
-    """Each engine's own words and shape for a prompt over its context window."""
-    if engine == "lmstudio":
-        body: Any = {"error": "The number of tokens to keep from the initial prompt is greater than the context "
-                              "length (n_keep: 13055>= n_ctx: 4096). Try to load the model with a larger context "
-                              "length, or provide a shorter input."}
-    elif engine == "ollama":
-        body = {"error": {"message": "the prompt is longer than the context length currently available to the "
-                                     "model; shorten the prompt, or load the model with a larger context",
-                          "type": "invalid_request_error", "param": None, "code": None}}
-    elif engine == "llamacpp":
-        body = {"error": {"message": "Requested tokens (40000) exceed context window of 8192",
-                          "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
-    else:
-        body = {"error": {"message": "This model's maximum context length is 32768 tokens. However, your request "
-                                     "has 40000 input tokens. Please reduce the length of the input messages.",
-                          "type": "BadRequestError", "param": "input_tokens", "code": 400}}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-ENGINE_DEAD = {"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
-                         "type": "InternalServerError", "param": None, "code": 500}}
-
-
-def _err(status: int, message: str, type_: str, code: str | None = None, **headers: str) -> web.Response:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
-                        headers=headers)
 
 
 class SimUpstream:
@@ -266,7 +172,7 @@ class SimUpstream:
     async def _models(self, request: web.Request) -> web.Response:
         c = self.config
         if c.fault_probes and c.fault.startswith("http_"):
-            return _err(int(c.fault[-3:]), "Service unavailable", "server_error")
+            return err(int(c.fault[-3:]), "Service unavailable", "server_error")
         data = {"object": "list", "data": [
             {"id": self.config.model, "object": "model", "created": 0, "owned_by": "homelab-sim",
              "max_model_len": self.config.max_model_len}
@@ -281,7 +187,7 @@ class SimUpstream:
         try:
             self.configure(**(await request.json()))
         except Exception as exc:  # a bad control message is the caller's problem, not a crash
-            return _err(400, str(exc), "invalid_request_error")
+            return err(400, str(exc), "invalid_request_error")
         return web.json_response(self.config.model_dump())
 
     async def _embeddings(self, request: web.Request) -> web.Response:
@@ -289,7 +195,7 @@ class SimUpstream:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return _err(400, "invalid JSON", "invalid_request_error")
+            return err(400, "invalid JSON", "invalid_request_error")
         inputs = body.get("input")
         items = [inputs] if isinstance(inputs, str) else list(inputs or [])
         data = []
@@ -306,7 +212,7 @@ class SimUpstream:
         self.arrivals.append(time.monotonic())
         c = self.config
         if c.slots is not None and self.active >= c.slots:
-            return _err(503, "Server busy: all slots are in use", "server_error", "busy")
+            return err(503, "Server busy: all slots are in use", "server_error", "busy")
         self.active += 1
         try:
             return await self._chat_inner(request, c)
@@ -318,7 +224,7 @@ class SimUpstream:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return _err(400, "invalid JSON", "invalid_request_error")
+            return err(400, "invalid JSON", "invalid_request_error")
         self.last_body = body
         messages = body.get("messages") or []
         fault = self._fault()
@@ -333,19 +239,19 @@ class SimUpstream:
         if fault == "hang":
             await asyncio.sleep(c.fault_delay)
         if fault in ("http_500", "http_502"):
-            return _err(int(fault[-3:]), "Internal server error", "server_error")
+            return err(int(fault[-3:]), "Internal server error", "server_error")
         if fault == "cuda_error":
-            return _err(500, "CUDA error: an illegal memory access was encountered", "server_error")
+            return err(500, "CUDA error: an illegal memory access was encountered", "server_error")
         if fault == "http_503":
-            return _err(503, "Service unavailable", "server_error")
+            return err(503, "Service unavailable", "server_error")
         if fault == "http_401":
-            return _err(401, "Invalid API key", "authentication_error", "invalid_api_key")
+            return err(401, "Invalid API key", "authentication_error", "invalid_api_key")
         if fault == "http_403":
-            return _err(403, "This key may not use this model", "permission_error")
+            return err(403, "This key may not use this model", "permission_error")
         if fault == "model_missing":
-            return _err(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+            return err(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         if fault == "http_429":
-            return _err(429, "Rate limited", "rate_limit_error", "rate_limited",
+            return err(429, "Rate limited", "rate_limit_error", "rate_limited",
                         **{"Retry-After": str(c.retry_after)})
         if fault == "context_length":
             if c.engine == "llamacpp" and body.get("stream"):
@@ -356,11 +262,11 @@ class SimUpstream:
                 return resp
             return context_error(c.engine, c.context_status if c.engine == "lmstudio" else 400)
         if fault == "content_policy":
-            return _err(400, "The prompt was rejected by the content policy.",
+            return err(400, "The prompt was rejected by the content policy.",
                         "invalid_request_error", "content_policy_violation")
-        if _has_image(messages) and not c.vision:
+        if has_image(messages) and not c.vision:
             # LM Studio answers an image sent to a text-only model like this.
-            return _err(400, f"Model {c.model} does not support images", "invalid_request_error")
+            return err(400, f"Model {c.model} does not support images", "invalid_request_error")
 
         prefix = ""
         instructed = False
@@ -368,7 +274,7 @@ class SimUpstream:
         last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
         if last.get("role") == "assistant" and body.get("continue_final_message"):
             if not c.continuation:
-                return _err(400, "continue_final_message is not supported", "invalid_request_error")
+                return err(400, "continue_final_message is not supported", "invalid_request_error")
             if c.engine == "vllm":
                 prefix = str(last.get("content") or "")
                 open_last = True
@@ -386,13 +292,13 @@ class SimUpstream:
                 text = orjson.dumps(c.triage_answer).decode()
             else:
                 schema = (rf.get("json_schema") or {}).get("schema") or {"type": "object"}
-                text = orjson.dumps(_example_for_schema(schema)).decode()
+                text = orjson.dumps(example_for_schema(schema)).decode()
         elif messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
             text = f"The tool returned: {messages[-1].get('content')}"
         else:
             text = c.reply if c.reply is not None else answer_text(c.words)
         if body.get("tools") and not c.auto_tool_choice and body.get("tool_choice") in (None, "auto"):
-            return _err(400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
+            return err(400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
                         "BadRequestError")
         markup_anyway = c.tool_format != "native" or body.get("tool_choice") != "none"  # a model writes it regardless
         if c.tool_call is None and c.tool_call_any and body.get("tools") and last.get("role") == "user" \
@@ -413,7 +319,7 @@ class SimUpstream:
             elif instructed and c.instruct_echo == "tail":
                 text = " ".join(prefix.split(" ")[-3:]) + text
         n_prompt = prompt_tokens(messages, open_last)
-        pieces = _tokens(text) if text else []
+        pieces = tokens(text) if text else []
         if isinstance(body.get("max_tokens"), int):
             pieces = pieces[:max(0, body["max_tokens"])]
             text = "".join(pieces)
@@ -474,130 +380,11 @@ class SimUpstream:
         await resp.write_eof()
         return resp
 
-    async def _messages(self, request: web.Request) -> web.StreamResponse:
-        """A native Anthropic /v1/messages, written from the API's documented shapes (not the router's
-        translation): text, or a tool_use when tools are offered and the last user turn is not a result."""
-        self.requests += 1
-        c = self.config
-        if not c.messages:
-            return _err(404, "Not Found", "invalid_request_error")
-        body = orjson.loads(await request.read())
-        self.last_body = body
-        messages = body.get("messages") or []
-        last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
-        content_in = last.get("content")
-        blocks: list[Any] = content_in if isinstance(content_in, list) else []
-        result = next((b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"), None)
-        mid = "msg_" + uuid.uuid4().hex[:20]
-        content: list[dict[str, Any]]
-        if c.tool_call and body.get("tools") and result is None:
-            content = [{"type": "tool_use", "id": "toolu_" + mid[4:16], "name": c.tool_call["name"],
-                        "input": c.tool_call["arguments"]}]
-            stop = "tool_use"
-        else:
-            if result is not None:
-                raw = result.get("content")
-                got = raw if isinstance(raw, str) else " ".join(
-                    str(b.get("text")) for b in (raw if isinstance(raw, list) else []) if isinstance(b, dict))
-                text = f"The tool returned: {got}"
-            else:
-                text = c.reply if c.reply is not None else answer_text(c.words)
-            content = [{"type": "text", "text": text}]
-            stop = "end_turn"
-        usage = {"input_tokens": 20, "output_tokens": 12}
-        final = {"id": mid, "type": "message", "role": "assistant", "model": c.model, "content": content,
-                 "stop_reason": stop, "stop_sequence": None, "usage": usage}
-        await asyncio.sleep(c.ttft)
-        if not body.get("stream"):
-            return web.Response(body=orjson.dumps(final), content_type="application/json")
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-
-        async def ev(kind: str, **data: Any) -> None:
-            await resp.write(f"event: {kind}\n".encode() + b"data: " + orjson.dumps({"type": kind, **data}) + b"\n\n")
-
-        await ev("message_start", message={**final, "content": [], "stop_reason": None,
-                                           "usage": {"input_tokens": 20, "output_tokens": 0}})
-        for i, block in enumerate(content):
-            if block["type"] == "text":
-                await ev("content_block_start", index=i, content_block={"type": "text", "text": ""})
-                for piece in _tokens(block["text"]):
-                    await ev("content_block_delta", index=i, delta={"type": "text_delta", "text": piece})
-            else:
-                await ev("content_block_start", index=i, content_block={**block, "input": {}})
-                await ev("content_block_delta", index=i, delta={"type": "input_json_delta",
-                                                                "partial_json": orjson.dumps(block["input"]).decode()})
-            await ev("content_block_stop", index=i)
-        await ev("message_delta", delta={"stop_reason": stop, "stop_sequence": None}, usage={"output_tokens": 12})
-        await ev("message_stop")
-        await resp.write_eof()
-        return resp
-
     async def _responses(self, request: web.Request) -> web.StreamResponse:
-        """A native /v1/responses, written from the API's documented shapes (not the router's translation)."""
-        self.requests += 1
-        c = self.config
-        if not c.responses:
-            return _err(404, "Not Found", "invalid_request_error")
-        body = orjson.loads(await request.read())
-        self.last_body = body
-        items = body.get("input")
-        items = [{"type": "message", "role": "user", "content": items}] if isinstance(items, str) else list(items or [])
-        last = items[-1] if items else {}
-        rid, created = "resp_" + uuid.uuid4().hex[:20], int(time.time())
-        output: list[dict[str, Any]] = []
-        if c.tool_call and body.get("tools") and last.get("type", "message") == "message":
-            output.append({"type": "function_call", "id": "fc_" + rid[5:], "call_id": "call_" + rid[5:17],
-                           "name": c.tool_call["name"], "arguments": orjson.dumps(c.tool_call["arguments"]).decode(),
-                           "status": "completed"})
-        else:
-            text = (f"The tool returned: {last.get('output')}" if last.get("type") == "function_call_output"
-                    else c.reply if c.reply is not None else answer_text(c.words))
-            output.append({"type": "message", "id": "msg_" + rid[5:], "status": "completed", "role": "assistant",
-                            "content": [{"type": "output_text", "text": text, "annotations": []}]})
-        usage = {"input_tokens": 20, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 12,
-                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 32}
-        final = {"id": rid, "object": "response", "created_at": created, "status": "completed", "model": c.model,
-                 "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": body.get("tools") or [],
-                 "usage": usage, "error": None, "incomplete_details": None, "store": False}
-        await asyncio.sleep(c.ttft)
-        if not body.get("stream"):
-            return web.Response(body=orjson.dumps(final), content_type="application/json")
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        seq = 0
+        return await native.responses(self, request)
 
-        async def ev(kind: str, **data: Any) -> None:
-            nonlocal seq
-            seq += 1
-            await resp.write(f"event: {kind}\n".encode() + b"data: " + orjson.dumps(
-                {"type": kind, "sequence_number": seq, **data}) + b"\n\n")
-
-        await ev("response.created", response={**final, "status": "in_progress", "output": [], "usage": None})
-        for i, item in enumerate(output):
-            if item["type"] == "message":
-                text = item["content"][0]["text"]
-                await ev("response.output_item.added", output_index=i, item={**item, "content": [],
-                                                                              "status": "in_progress"})
-                await ev("response.content_part.added", item_id=item["id"], output_index=i, content_index=0,
-                         part={"type": "output_text", "text": "", "annotations": []})
-                for piece in _tokens(text):
-                    await ev("response.output_text.delta", item_id=item["id"], output_index=i, content_index=0,
-                             delta=piece)
-                await ev("response.output_text.done", item_id=item["id"], output_index=i, content_index=0, text=text)
-                await ev("response.content_part.done", item_id=item["id"], output_index=i, content_index=0,
-                         part=item["content"][0])
-            else:
-                await ev("response.output_item.added", output_index=i, item={**item, "arguments": "",
-                                                                              "status": "in_progress"})
-                await ev("response.function_call_arguments.delta", item_id=item["id"], output_index=i,
-                         delta=item["arguments"])
-                await ev("response.function_call_arguments.done", item_id=item["id"], output_index=i,
-                         arguments=item["arguments"])
-            await ev("response.output_item.done", output_index=i, item=item)
-        await ev("response.completed", response=final)
-        await resp.write_eof()
-        return resp
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        return await native.messages(self, request)
 
     async def _stream(self, request: web.Request, resp: web.StreamResponse, c: SimConfig,
                       body: dict[str, Any], fault: Fault, pieces: list[str], usage: dict[str, int],

@@ -1,0 +1,122 @@
+"""What the simulated engines write: the canonical answer and its tokens, each engine's error bodies,
+each model family's tool-call markup, a rough prompt token count."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+
+Engine = Literal["vllm", "llamacpp", "lmstudio", "ollama"]
+ENGINES: tuple[Engine, ...] = ("vllm", "llamacpp", "lmstudio", "ollama")
+
+
+def tool_markup(fmt: str, calls: list[dict[str, Any]]) -> str:
+    """Calls written the way each model family writes them when no engine parser turns them into tool_calls."""
+    if fmt == "hermes":
+        return "".join("<tool_call>\n" + orjson.dumps({"name": c["name"], "arguments": c["arguments"]}).decode()
+                       + "\n</tool_call>" for c in calls)
+    if fmt == "glm45":
+        out = ""
+        for c in calls:
+            args = "".join(f"<arg_key>{k}</arg_key>\n<arg_value>{v if isinstance(v, str) else orjson.dumps(v).decode()}"
+                           "</arg_value>\n" for k, v in c["arguments"].items())
+            out += f"<tool_call>{c['name']}\n{args}</tool_call>"
+        return out
+    if fmt == "llama3_json":
+        return "<|python_tag|>" + "; ".join(
+            orjson.dumps({"name": c["name"], "parameters": c["arguments"]}).decode() for c in calls)
+    if fmt == "mistral":
+        return "[TOOL_CALLS]" + orjson.dumps([{"name": c["name"], "arguments": c["arguments"]} for c in calls]).decode()
+    raise ValueError(fmt)
+
+
+def answer_text(words: int = 12) -> str:
+    """The deterministic answer every simulated model gives (the same on every route, so one
+    route can continue what another started)."""
+    body = " ".join(f"word{i}" for i in range(words))
+    return f"The simulated answer: {body}."
+
+
+def tokens(text: str) -> list[str]:
+    # Split keeping the separators so joined chunks rebuild the exact text.
+    out = []
+    for i, w in enumerate(text.split(" ")):
+        out.append(w if i == 0 else " " + w)
+    return [piece for piece in out if piece]
+
+
+def example_for_schema(schema: dict[str, Any]) -> Any:
+    t = schema.get("type")
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    if t == "object" or "properties" in schema:
+        props = schema.get("properties", {})
+        return {k: example_for_schema(v) for k, v in props.items()}
+    if t == "array":
+        return [example_for_schema(schema.get("items", {"type": "string"}))]
+    if t == "integer":
+        return int(schema.get("minimum", 1))
+    if t == "number":
+        return float(schema.get("maximum", 1.0))
+    if t == "boolean":
+        return True
+    return "sim"
+
+
+def has_image(messages: list[Any]) -> bool:
+    for m in messages:
+        c = m.get("content") if isinstance(m, dict) else None
+        if isinstance(c, list) and any(isinstance(p, dict) and p.get("type") == "image_url" for p in c):
+            return True
+    return False
+
+
+CONTINUE_MARK = "Continue it exactly where it stopped"
+
+
+def _words(content: Any) -> int:
+    if isinstance(content, list):
+        content = " ".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    return len(str(content or "").split())
+
+
+def prompt_tokens(messages: list[Any], open_last: bool) -> int:
+    """Tokens of the rendered prompt, chat-template style: per turn a 3-token header, its words and an
+    end-of-turn token, then a 3-token assistant header for the new turn. A continued prefill (open_last)
+    leaves the last turn open and adds no new header."""
+    n = sum(3 + _words(m.get("content")) + 1 for m in messages if isinstance(m, dict))
+    return n - 1 if open_last else n + 3
+
+
+def context_error(engine: Engine, status: int = 400) -> web.Response:
+    """Each engine's own words and shape for a prompt over its context window."""
+    if engine == "lmstudio":
+        body: Any = {"error": "The number of tokens to keep from the initial prompt is greater than the context "
+                              "length (n_keep: 13055>= n_ctx: 4096). Try to load the model with a larger context "
+                              "length, or provide a shorter input."}
+    elif engine == "ollama":
+        body = {"error": {"message": "the prompt is longer than the context length currently available to the "
+                                     "model; shorten the prompt, or load the model with a larger context",
+                          "type": "invalid_request_error", "param": None, "code": None}}
+    elif engine == "llamacpp":
+        body = {"error": {"message": "Requested tokens (40000) exceed context window of 8192",
+                          "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+    else:
+        body = {"error": {"message": "This model's maximum context length is 32768 tokens. However, your request "
+                                     "has 40000 input tokens. Please reduce the length of the input messages.",
+                          "type": "BadRequestError", "param": "input_tokens", "code": 400}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+ENGINE_DEAD = {"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+                         "type": "InternalServerError", "param": None, "code": 500}}
+
+
+def err(status: int, message: str, type_: str, code: str | None = None, **headers: str) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                        headers=headers)
