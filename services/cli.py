@@ -46,8 +46,28 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--router", default=None, help="router base URL (default: HOMELAB_ROUTER_URL)")
     hd = sub.add_parser("ha-dashboard", help="print the Home Assistant Cameras dashboard for your cameras (YAML)")
     hd.add_argument("cameras", nargs="+", help="camera names as Frigate/Ring name them (e.g. front_door back-yard)")
+    cl = sub.add_parser("client", help="clients of the lab: `homelab client add NAME` makes a key")
+    cl.add_argument("action", choices=("add",))
+    cl.add_argument("name", help="the client's name (on every decision-log line it sends)")
+    cl.add_argument("--class", dest="klass", default="interactive", choices=("camera", "interactive", "batch"),
+                    help="camera takes the slots routes reserve for it; default interactive")
+    cl.add_argument("--routes", nargs="*", default=None, help="the routes it may use (default: all)")
     runbooks.add_arguments(sub)
     a = ap.parse_args(argv)
+    if a.cmd == "client":
+        import hashlib
+        import secrets
+
+        key = "hl-" + secrets.token_urlsafe(32)
+        entry = {"key_sha256": hashlib.sha256(key.encode()).hexdigest(), "class": a.klass}
+        if a.routes:
+            entry["routes"] = a.routes
+        import yaml
+
+        print(f"key for {a.name} (shown once; the policy keeps only its sha256):\n  {key}\n")
+        print("paste under clients: in the routing policy, then `homelab reload`:")
+        print(yaml.safe_dump({"clients": {a.name: entry}}, sort_keys=False), end="")
+        return 0
     if a.cmd == "ha-dashboard":
         import yaml
 

@@ -125,6 +125,7 @@ class Settings(_Section):
     state_dir: Path = Path("state")
     log_dir: Path = Path("logs")
     admin_token: SecretStr | None = None
+    router_api_key: SecretStr | None = None  # the camera pipeline's key when the router has clients:
     frigate: FrigateSettings = FrigateSettings()
     ring: RingSettings = RingSettings()
     dedup: DedupSettings = DedupSettings()
@@ -144,6 +145,7 @@ ENV = {
     "HOMELAB_STATE_DIR": "state_dir",
     "HOMELAB_LOG_DIR": "log_dir",
     "HOMELAB_ADMIN_TOKEN": "admin_token",
+    "HOMELAB_ROUTER_API_KEY": "router_api_key",
     "HOMELAB_TELEGRAM_TOKEN": "telegram_token",
 }
 

@@ -25,6 +25,8 @@ class Accounting:
         self.decisions = decisions
         self.failures = failures
         self.validations = validations
+        # per client: what it asked, what it was given, how long GPUs worked for it, at what energy
+        self.clients: dict[str, dict[str, float]] = {}
 
     def finish(self, ctx: Ctx, route: str | None = None) -> None:
         """Account for a request once: metrics and its decision-log line. Never fails the request."""
@@ -39,7 +41,7 @@ class Accounting:
 
     def moved(self, src: str, dst: str, cause: str) -> None:
         """A request left ``src`` for ``dst``: a spill (the route was full) or a failover."""
-        if cause in ("saturated", "busy"):
+        if cause in ("saturated", "busy", "reserved"):
             self.metrics.spills.labels(src, dst).inc()
         else:
             self.metrics.failovers.labels(src, dst, cause).inc()
@@ -91,4 +93,38 @@ class Accounting:
             record["usage"] = ctx.attempts[0]["usage"]
         if ctx.usage is not None:
             record["usage"] = ctx.usage
+        record["client"] = ctx.who.name
+        if ctx.session:
+            record["session"] = ctx.session
+        self._attribute(ctx, route, total, record)
         self.decisions.write(record)
+
+    def _attribute(self, ctx: Ctx, route: str, total: float, record: dict[str, Any]) -> None:
+        """Who used which GPU, for how long, at what energy: the time the upstream worked on the request
+        (until its first byte, and then the stream until it ended) times the route's ``watts``."""
+        name = ctx.who.name
+        busy = ctx.upstream_wait + (max(0.0, total - ctx.ttfb) if ctx.ttfb is not None else 0.0)
+        usage = record.get("usage") or (ctx.attempts[-1].get("usage") if ctx.attempts else None)
+        usage = usage if isinstance(usage, dict) else {}
+        p, c_ = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        prompt: int = p if isinstance(p, int) else ctx.pre.tokens
+        completion: int = c_ if isinstance(c_, int) else 0
+        watts = ctx.policy.routes[route].watts if route in ctx.policy.routes else None
+        energy = busy * watts / 3600 if watts else 0.0
+        m = self.metrics
+        m.client_requests.labels(name, route).inc()
+        m.client_tokens.labels(name, route, "prompt").inc(prompt)
+        m.client_tokens.labels(name, route, "completion").inc(completion)
+        m.client_gpu_seconds.labels(name, route).inc(busy)
+        if energy:
+            m.client_energy.labels(name, route).inc(energy)
+        record["gpu_s"] = round(busy, 4)
+        if energy:
+            record["energy_wh"] = round(energy, 6)
+        c = self.clients.setdefault(name, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                           "gpu_seconds": 0.0, "energy_wh": 0.0})
+        c["requests"] += 1
+        c["prompt_tokens"] += prompt
+        c["completion_tokens"] += completion
+        c["gpu_seconds"] += busy
+        c["energy_wh"] += energy

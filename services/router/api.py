@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from services.router import messages as anthropic
+from services.router.clients import ANONYMOUS, OPEN, Who, identify
 from services.router.errors import RequestError, error_body
 from services.router.http import error, is_admin, read_body
 from services.router.preflight import EmbeddingsRequest, preflight, without_nulls
@@ -50,11 +51,12 @@ def openapi_document() -> dict[str, Any]:
 
 @dataclass(slots=True)
 class Rec:
-    """One request at the edge: its id, when it started, and its context once it is decided."""
+    """One request at the edge: its id, when it started, who sent it, and its context once decided."""
 
     request_id: str
     started: float
     ctx: Ctx | None = None
+    who: Who | None = None
 
 
 Answer = Callable[[Request, Rec], Awaitable[Response]]
@@ -67,13 +69,16 @@ class PublicAPI:
 
     # ---- on the record -----------------------------------------------------------------------
 
-    def rejected(self, request: Request, status: int, reason: str, message: str, request_id: str | None = None) -> str:
-        """A request refused before it was decided: its own decision-log line and count."""
+    def rejected(self, request: Request, status: int, reason: str, message: str, request_id: str | None = None,
+                 who: Who | None = None) -> str:
+        """A request refused before it was decided: its own decision-log line and count (``client``
+        "unknown" when no key was recognised — never the key)."""
         rid = request_id or uuid.uuid4().hex[:16]
         svc = self.svc
         svc.metrics.requests.labels("", "", reason, str(status)).inc()
+        client = who.name if who is not None else ANONYMOUS if svc.policy.clients is None else "unknown"
         svc.decisions.write({"request_id": rid, "endpoint": request.url.path, "method": request.method,
-                             "status": status, "reason": reason, "error": message[:500]})
+                             "status": status, "reason": reason, "error": message[:500], "client": client})
         return rid
 
     def internal_error(self, where: str, request_id: str, shape: ErrorShape | None = None) -> Response:
@@ -98,19 +103,21 @@ class PublicAPI:
         async def endpoint(request: Request) -> Response:
             rec = Rec(os.urandom(8).hex(), time.perf_counter())
             try:
+                rec.who = identify(self.svc.policy, request)
                 resp = await answer(request, rec)
             except RequestError as exc:
                 body = shape(exc.status, exc.message) if shape is not None else exc.body()
                 resp = Response(orjson.dumps(body), status_code=exc.status, media_type=JSON,
                                 headers={"X-Request-Id": rec.request_id})
                 if rec.ctx is None:
-                    self.rejected(request, exc.status, exc.code or exc.type, exc.message, rec.request_id)
+                    self.rejected(request, exc.status, exc.code or exc.type, exc.message, rec.request_id, rec.who)
                     return resp
                 rec.ctx.error = exc.message
             except Exception as exc:
                 resp = self.internal_error(where, rec.request_id, shape)
                 if rec.ctx is None:
-                    self.rejected(request, 500, "internal_error", f"{type(exc).__name__}: {exc}", rec.request_id)
+                    self.rejected(request, 500, "internal_error", f"{type(exc).__name__}: {exc}", rec.request_id,
+                                  rec.who)
                     return resp
                 rec.ctx.error = f"internal error: {type(exc).__name__}: {exc}"
             ctx = rec.ctx
@@ -133,7 +140,14 @@ class PublicAPI:
         )
         if svc.shadow is not None:
             asyncio.get_running_loop().call_soon(svc.observe_shadow, rec.request_id, decision, pre, header_route)
-        rec.ctx = Ctx(rec.request_id, chat_body, pre, decision, decider.policy, rec.started, **extra)
+        who = rec.who or OPEN
+        if decision.pinned and not who.may_use(decision.route):
+            raise RequestError(f"Client '{who.name}' may not use route '{decision.route}' (its routes: "
+                               f"{', '.join(sorted(who.routes or ()))})", status=403, type_="permission_error",
+                               code="route_not_allowed")
+        session = request.headers.get("x-claude-code-session-id") or pre.user
+        rec.ctx = Ctx(rec.request_id, chat_body, pre, decision, decider.policy, rec.started, **extra, who=who,
+                      session=session)
         return rec.ctx
 
     # ---- endpoints ---------------------------------------------------------------------------
@@ -210,7 +224,8 @@ class PublicAPI:
         body = without_nulls(await read_body(request, self.svc.settings.max_body))
         pre = preflight(anthropic.to_chat(body, for_count=True).chat)
         self.svc.decisions.write({"request_id": rec.request_id, "endpoint": "/v1/messages/count_tokens",
-                                  "model": pre.model, "status": 200, "tokens": pre.tokens})
+                                  "model": pre.model, "status": 200, "tokens": pre.tokens,
+                                  "client": (rec.who or OPEN).name})
         return Response(orjson.dumps({"input_tokens": pre.tokens}), media_type=JSON,
                         headers={"X-Request-Id": rec.request_id})
 
@@ -228,8 +243,9 @@ class PublicAPI:
         route = policy.routes[name]
         assert svc.session is not None
         headers = {"X-Homelab-Route": name, "X-Homelab-Reason": "embeddings_route", "X-Request-Id": rec.request_id}
+        who = rec.who or OPEN
         record: dict[str, Any] = {"request_id": rec.request_id, "endpoint": "/v1/embeddings", "model": body["model"],
-                                  "route": name, "reason": "embeddings_route"}
+                                  "route": name, "reason": "embeddings_route", "client": who.name}
         try:
             async with asyncio.timeout(route.request_timeout):
                 async with svc.session.post(route.embeddings_url,
@@ -244,14 +260,16 @@ class PublicAPI:
             resp = error(503, f"Embeddings route '{name}' is unavailable: {type(exc).__name__}",
                          type_="server_error", code="upstream_unavailable", headers=headers)
         svc.metrics.requests.labels(name, "", "embeddings_route", str(resp.status_code)).inc()
+        svc.metrics.client_requests.labels(who.name, name).inc()
         svc.decisions.write({**record, "status": resp.status_code,
                              "latency_ms": round((time.perf_counter() - rec.started) * 1000, 3)})
         return resp
 
-    async def models(self) -> Response:
+    async def models(self, request: Request) -> Response:
         """Every name the router answers to; a pinned name carries its route's ``context_length`` (the
         engine's own max_model_len when it reports one, else the policy's) — clients size prompts by it."""
         svc = self.svc
+        identify(svc.policy, request)  # a lab with clients answers only them
         now = int(svc.started)
         decider = svc.decider
         data = []

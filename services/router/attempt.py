@@ -6,6 +6,7 @@ in-band error — never a truncated success.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -180,6 +181,11 @@ class Attempts:
         fmt = format_for(ctx, route)
         if fmt is not None:
             raw = fix_answer(ctx, self.acct, name, fmt, raw)
+        if b'"usage"' in raw and ctx.attempts:  # what the engine says it read and wrote: who used what
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+                usage = orjson.loads(raw).get("usage")
+                if isinstance(usage, dict):
+                    ctx.attempts[-1]["usage"] = usage
         self._answered(ctx, name, st)
         return Outcome("ok", response=Response(raw, media_type=JSON, headers=ctx.headers(name)))
 

@@ -86,6 +86,14 @@ class Metrics:
         self.tool_schema_mismatches = Counter("homelab_router_tool_schema_mismatches", "Parsed tool calls whose "
                                               "arguments do not match the tool's schema (sent all the same)",
                                               ["route", "tool"], registry=self.registry)
+        self.client_requests = Counter("homelab_client_requests", "Requests per client and route",
+                                       ["client", "route"], registry=self.registry)
+        self.client_tokens = Counter("homelab_client_tokens", "Tokens per client, route and kind (prompt, completion)",
+                                     ["client", "route", "kind"], registry=self.registry)
+        self.client_gpu_seconds = Counter("homelab_client_gpu_seconds", "Seconds the route's GPU worked for a client",
+                                          ["client", "route"], registry=self.registry)
+        self.client_energy = Counter("homelab_client_energy_wh", "Energy a client used on a route (Wh, from the "
+                                     "route's watts)", ["client", "route"], registry=self.registry)
         self.shadow = Counter("homelab_router_shadow_decisions", "Live requests also decided by the shadow policy",
                               ["live_route", "candidate_route"], registry=r)
         r.register(_RouteCollector(routes))

@@ -69,6 +69,10 @@ class Route(_Strict):
     # tool calls the engine writes as text (no parser of its own): hermes (Qwen, Hermes), glm45,
     # llama3_json, mistral — the names vLLM gives its parsers; none passes answers through
     tool_parser: Literal["none", "hermes", "glm45", "llama3_json", "mistral"] = "none"
+    # slots of max_concurrency only the named client classes may take (the camera pipeline first)
+    reserve: dict[Literal["camera", "interactive", "batch"], PositiveInt] = {}
+    # the GPU's power while it works (W): energy per client when no live power reading is known
+    watts: PositiveFloat | None = None
     # the model's context window in tokens (the engine's own max_model_len wins when its /v1/models
     # reports one): a Messages request's max_tokens is clamped to what is left of it
     context_length: PositiveInt | None = None
@@ -144,6 +148,18 @@ class Example(_Strict):
     expect_route: str
 
 
+ClientClass = Literal["camera", "interactive", "batch"]
+
+
+class Client(_Strict):
+    """A client of the lab: who it is (the sha256 of its key; the key itself is never stored), its
+    priority class, and the routes it may use (all when absent)."""
+
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    class_: ClientClass = Field(default="interactive", alias="class")
+    routes: tuple[str, ...] | None = None
+
+
 class Health(_Strict):
     probe_interval: PositiveFloat = 5.0
     probe_timeout: PositiveFloat = 2.0
@@ -180,6 +196,8 @@ class Policy(_Strict):
     embeddings_route: str | None = None
     examples: tuple[Example, ...] = ()
     health: Health = Health()
+    # who may use the lab (absent: anyone who reaches it, as "anonymous")
+    clients: dict[str, Client] | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Policy:
@@ -230,6 +248,17 @@ class Policy(_Strict):
                 if alias in seen:
                     raise ValueError(f"routes.{name}.aliases: '{alias}' is also on route '{seen[alias]}'")
                 seen[alias] = name
+        hashes: dict[str, str] = {}
+        for cname, c in (self.clients or {}).items():
+            for r_name in c.routes or ():
+                need(f"clients.{cname}.routes", r_name)
+            if c.key_sha256 in hashes:
+                raise ValueError(f"clients.{cname}.key_sha256: the same key as client '{hashes[c.key_sha256]}'")
+            hashes[c.key_sha256] = cname
+        for name, r in routes.items():
+            if sum(r.reserve.values()) >= r.max_concurrency:
+                raise ValueError(f"routes.{name}.reserve: {sum(r.reserve.values())} reserved slots leave none of "
+                                 f"max_concurrency {r.max_concurrency} for the other classes")
         for i, ex in enumerate(self.examples):
             need(f"examples[{i}].expect_route", ex.expect_route)
             if ex.expect_bucket is not None and ex.expect_bucket not in self.buckets:

@@ -88,6 +88,7 @@ class Preflight:
     tokens: int
     text: str  # what the classifier reads: the latest user turn
     metadata: dict[str, Any]
+    user: str | None = None  # the OpenAI ``user`` field (a session or end-user id)
 
 
 def _validation_message(exc: ValidationError) -> tuple[str, str]:
@@ -168,4 +169,6 @@ def preflight(body: Any) -> Preflight:
     tokens = int(chars / TEXT_CHARS_PER_TOKEN + json_chars / JSON_CHARS_PER_TOKEN) + 4 * len(req.messages) \
         + IMAGE_TOKENS * images
     metadata = req.metadata or {}
-    return Preflight(req.model, req.stream, has_image, tokens, last_user, metadata)
+    user = body.get("user")
+    return Preflight(req.model, req.stream, has_image, tokens, last_user, metadata,
+                     user[:200] if isinstance(user, str) else None)

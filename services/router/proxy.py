@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from services.router.accounting import Accounting
 from services.router.attempt import Attempts, error_response
-from services.router.errors import error_body
+from services.router.errors import RequestError, error_body
 from services.router.outcomes import Outcome
 from services.router.request import JSON, Ctx
 from services.router.state import RouteState
@@ -46,7 +46,7 @@ class Dispatcher:
             st = states[route_name]
             ctx.path.append(route_name)
             skip = admission(route_name, route, st, ctx.decision, has_image=has_image,
-                             cooldown=policy.health.circuit_cooldown)
+                             cooldown=policy.health.circuit_cooldown, who=ctx.who)
             if skip == "no_vision":
                 tried.add(route_name)
                 nxt = vision_fallback(policy, tried)
@@ -61,8 +61,15 @@ class Dispatcher:
                 elif skip == "saturated":
                     last = Outcome.failed("saturated", f"{route_name} is at its cap of {route.max_concurrency}",
                                           kind="busy")
+                elif skip == "reserved":
+                    last = Outcome.failed("reserved", f"{route_name}'s free slots are reserved for "
+                                          f"{', '.join(k for k in route.reserve if k != ctx.who.klass)}", kind="busy")
                 tried.add(route_name)
                 nxt = next_route(route, has_image, skip)
+                if nxt is None and skip == "not_allowed":
+                    raise RequestError(f"Client '{ctx.who.name}' may use none of the routes that could take this "
+                                       f"request (its routes: {', '.join(sorted(ctx.who.routes or ()))})",
+                                       status=403, type_="permission_error", code="route_not_allowed")
                 if nxt is None:
                     return self._give_up(ctx, last, f"{route_name} is {skip}", terminal=route.terminal)
                 self.acct.moved(route_name, nxt, skip)

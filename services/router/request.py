@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from services.router.clients import OPEN, Who
 from services.router.decide import Decision
 from services.router.policy import Policy, Route
 from services.router.preflight import Preflight
@@ -39,6 +40,8 @@ class Ctx:
     # the API the client spoke, and its original body (a native route gets it as is)
     api: Literal["chat", "responses", "messages"] = "chat"
     original: dict[str, Any] | None = None
+    who: Who = OPEN  # the client: its name on the record, its class for reserved slots, its routes
+    session: str | None = None  # X-Claude-Code-Session-Id, or the OpenAI ``user`` field
 
     def native(self, route: Route) -> bool:
         """Does ``route`` get the client's own API (its engine serves it), not Chat Completions?"""

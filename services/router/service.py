@@ -389,6 +389,7 @@ class RouterService:
                        for n, st in self.states.items()},
             "logs": self.log_stats(),
             "shadow": None if shadow is None else shadow.report() if admin else shadow.summary(),
+            "clients": {n: {k: round(v, 6) for k, v in c.items()} for n, c in self.acct.clients.items()},
             "metrics": self.metrics.snapshot(),
         }
 

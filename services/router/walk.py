@@ -9,29 +9,35 @@ from __future__ import annotations
 
 from typing import Literal
 
+from services.router.clients import OPEN, Who
 from services.router.decide import Decision
 from services.router.policy import Policy, Route
 from services.router.state import RouteState
 
-Skip = Literal["no_vision", "drained", "down", "saturated"]
-Cause = Literal["drained", "down", "saturated"]
+Skip = Literal["no_vision", "not_allowed", "drained", "down", "saturated", "reserved"]
+Cause = Literal["drained", "down", "saturated", "reserved", "not_allowed"]
 
 
 def admission(name: str, route: Route, st: RouteState, decision: Decision, *, has_image: bool,
-              cooldown: float) -> Skip | None:
+              cooldown: float, who: Who = OPEN) -> Skip | None:
     """Why ``route`` cannot take this request now, or None when it can.
 
     A pinned route passes its own drain; an open circuit half-opens after ``cooldown`` and then
-    admits one trial request at a time.
+    admits one trial request at a time; slots a route reserves for other client classes are not this
+    request's to take (``reserved``: it spills as at the cap).
     """
     if has_image and not route.vision:
         return "no_vision"
+    if not who.may_use(name):
+        return "not_allowed"
     if st.drained and not (decision.pinned and name == decision.route):
         return "drained"
     if not st.available(cooldown):
         return "down"
     if st.in_flight >= route.max_concurrency:
         return "saturated"
+    if st.in_flight >= route.max_concurrency - sum(n for k, n in route.reserve.items() if k != who.klass):
+        return "reserved"
     return None
 
 
@@ -39,7 +45,7 @@ def next_route(route: Route, has_image: bool, cause: Cause) -> str | None:
     """Where a request goes when ``route`` refused it or failed it (None: nowhere, give up)."""
     if route.terminal:
         return None
-    if cause == "saturated" and route.spill is not None:
+    if cause in ("saturated", "reserved") and route.spill is not None:
         return route.spill.image if has_image else route.spill.text
     return route.failover
 

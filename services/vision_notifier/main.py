@@ -62,7 +62,8 @@ class Notifier:
         self.bus = bus
         self.session = session
         self.store = store
-        self.router = RouterClient(settings.router_url, session)
+        key = settings.router_api_key.get_secret_value() if settings.router_api_key else None
+        self.router = RouterClient(settings.router_url, session, api_key=key)  # class camera in the policy
         self.hosts = allowed_hosts(self.cfg, settings.frigate_url)
         self.ring_images: dict[str, tuple[float, bytes]] = {}
         self.ring_arrived = asyncio.Condition()

@@ -1,0 +1,157 @@
+"""Who may use the lab: client keys on every model endpoint and API shape, route allow-lists, slots
+reserved for the camera class, and who used which GPU for how long."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from shared.jsonl import read_jsonl
+from tests.harness import ROOT, Lab
+
+KEYS = {"cursor": "key-cursor", "home-assistant": "key-camera", "spark-only": "key-spark"}
+
+
+def sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+CLIENTS = {"cursor": {"key_sha256": sha(KEYS["cursor"])},
+           "home-assistant": {"key_sha256": sha(KEYS["home-assistant"]), "class": "camera"},
+           "spark-only": {"key_sha256": sha(KEYS["spark-only"]), "routes": ["spark"]}}
+CODE = [{"role": "user", "content": "Refactor this function"}]  # auto -> ubuntu-6000, failover spark
+pytestmark = pytest.mark.policy(clients=CLIENTS)
+
+
+def lines(lab: Lab) -> list[dict[str, Any]]:
+    return read_jsonl(lab.log_dir / "router-decisions.jsonl")
+
+
+def call(lab: Lab, api: str, key: str | None, header: str = "bearer", **body: Any) -> httpx.Response:
+    headers = {}
+    if key is not None:
+        headers = {"Authorization": f"Bearer {key}"} if header == "bearer" else {"x-api-key": key}
+    url, payload = {
+        "chat": ("/v1/chat/completions", {"model": "homelab/auto", "messages": CODE}),
+        "responses": ("/v1/responses", {"model": "homelab/auto", "input": "Refactor this function", "store": False}),
+        "messages": ("/v1/messages", {"model": "claude-opus-5-5", "max_tokens": 64, "messages": CODE}),
+        "embeddings": ("/v1/embeddings", {"model": "x", "input": "hi"}),
+    }[api]
+    return httpx.post(lab.url + url, json={**payload, **body}, headers=headers, timeout=20)
+
+
+@pytest.mark.parametrize("api", ["chat", "responses", "messages", "embeddings"])
+def test_strangers_get_a_401_in_that_api_s_shape_and_a_line(lab: Lab, api: str) -> None:
+    for key in (None, "wrong-key"):
+        r = call(lab, api, key)
+        assert r.status_code == 401
+        body = r.json()
+        if api == "messages":
+            assert body["type"] == "error" and body["error"]["type"] == "authentication_error"
+        else:
+            assert body["error"]["type"] == "authentication_error"
+        line = lines(lab)[-1]
+        assert (line["status"], line["client"]) == (401, "unknown")
+        assert "wrong-key" not in str(line)  # never the key
+    r = httpx.get(lab.base_url + "/models", timeout=10)
+    assert r.status_code == 401
+
+
+@pytest.mark.parametrize("api", ["chat", "responses", "messages", "embeddings"])
+@pytest.mark.parametrize("header", ["bearer", "x-api-key"])
+def test_a_known_key_is_served_and_named_on_the_line(lab: Lab, api: str, header: str) -> None:
+    r = call(lab, api, KEYS["cursor"], header, **({"user": "alice"} if api == "chat" else {}))
+    assert r.status_code == 200, r.text
+    line = lines(lab)[-1]
+    assert line["client"] == "cursor" and line["status"] == 200
+    if api == "chat":
+        assert line["session"] == "alice"
+    models = httpx.get(lab.base_url + "/models", headers={"Authorization": f"Bearer {KEYS['cursor']}"}, timeout=10)
+    assert models.status_code == 200
+
+
+def test_an_allow_list_refuses_a_pin_and_walks_an_automatic_decision_to_an_allowed_route(lab: Lab) -> None:
+    r = httpx.post(lab.base_url + "/chat/completions", json={"model": "homelab/code", "messages": CODE},
+                   headers={"Authorization": f"Bearer {KEYS['spark-only']}"}, timeout=20)
+    assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+    r = call(lab, "chat", KEYS["spark-only"])  # auto: ubuntu-6000, whose failover is spark
+    assert r.status_code == 200 and r.headers["x-homelab-route"] == "spark"
+    assert lines(lab)[-1]["fallback_path"] == ["ubuntu-6000", "spark"]
+
+
+@pytest.mark.policy(clients=CLIENTS, health={"probe_interval": 3600, "probe_timeout": 0.5, "failure_threshold": 3,
+                                             "circuit_cooldown": 0.5, "probe_continuation": False,
+                                             "probe_tools": False})
+def test_camera_triage_keeps_its_reserved_slots_under_an_interactive_flood(lab: Lab) -> None:
+    policy = yaml.safe_load(lab.policy_path.read_text())
+    policy["routes"]["ubuntu-4090"].update(max_concurrency=4, reserve={"camera": 2})
+    lab.write_policy(policy)
+    assert httpx.post(lab.url + "/admin/reload-config", headers={"Authorization": "Bearer test-admin-token"},
+                      timeout=10).status_code == 200
+    lab.configure("ubuntu-4090", ttft=1.5)  # the flood holds its slots
+    fast = [{"role": "user", "content": "Classify these tags as json"}]  # auto -> ubuntu-4090
+    routes: list[str] = []
+
+    def flood() -> None:
+        r = httpx.post(lab.base_url + "/chat/completions", json={"model": "homelab/auto", "messages": fast},
+                       headers={"Authorization": f"Bearer {KEYS['cursor']}"}, timeout=20)
+        routes.append(r.headers["x-homelab-route"])
+
+    threads = [threading.Thread(target=flood) for _ in range(4)]
+    for t in threads:
+        t.start()
+    deadline = 50
+    while lab.svc.states["ubuntu-4090"].in_flight < 2 and deadline:
+        threading.Event().wait(0.05)
+        deadline -= 1
+    camera = httpx.post(lab.base_url + "/chat/completions", json={"model": "homelab/auto", "messages": fast},
+                        headers={"Authorization": f"Bearer {KEYS['home-assistant']}"}, timeout=20)
+    for t in threads:
+        t.join(20)
+    assert camera.headers["x-homelab-route"] == "ubuntu-4090"  # not spilled: its slots were kept
+    assert sorted(routes).count("ubuntu-4090") == 2  # the interactive overflow spilled
+    spilled = [x for x in lines(lab) if x.get("client") == "cursor" and x.get("route") != "ubuntu-4090"]
+    assert len(spilled) == 2 and all(x["reason"] == "ubuntu-4090_reserved" for x in spilled)
+
+
+def test_attribution_per_client_and_route(lab: Lab) -> None:
+    policy = yaml.safe_load(lab.policy_path.read_text())
+    policy["routes"]["ubuntu-6000"]["watts"] = 600
+    lab.write_policy(policy)
+    assert httpx.post(lab.url + "/admin/reload-config", headers={"Authorization": "Bearer test-admin-token"},
+                      timeout=10).status_code == 200
+    lab.configure("ubuntu-6000", ttft=0.3)
+    for _ in range(3):
+        assert call(lab, "chat", KEYS["cursor"]).status_code == 200
+    assert call(lab, "chat", KEYS["cursor"], stream=True).status_code == 200
+    stats = httpx.get(lab.url + "/stats", timeout=10).json()["clients"]["cursor"]
+    served = lab.sims["ubuntu-6000"].requests
+    assert stats["requests"] == served == 4
+    assert stats["completion_tokens"] >= 3 * 12  # what the simulated upstream produced, counted
+    assert 4 * 0.3 <= stats["gpu_seconds"] < 4 * 0.3 + 2  # the time the upstream worked
+    assert stats["energy_wh"] == pytest.approx(stats["gpu_seconds"] * 600 / 3600, rel=1e-3)
+    metrics = httpx.get(lab.url + "/metrics", timeout=10).text
+    assert 'homelab_client_requests_total{client="cursor",route="ubuntu-6000"} 4.0' in metrics
+    assert 'homelab_client_energy_wh_total{client="cursor",route="ubuntu-6000"}' in metrics
+
+
+def test_homelab_client_add_prints_a_key_once_and_the_yaml_that_accepts_it(lab: Lab) -> None:
+    p = subprocess.run([sys.executable, "-m", "services.cli", "client", "add", "laptop", "--class", "batch"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    key = p.stdout.split("\n")[1].strip()
+    entry = yaml.safe_load(p.stdout.split("then `homelab reload`:\n", 1)[1])["clients"]["laptop"]
+    assert entry == {"key_sha256": sha(key), "class": "batch"}
+    policy = yaml.safe_load(lab.policy_path.read_text())
+    policy["clients"]["laptop"] = entry
+    lab.write_policy(policy)
+    assert httpx.post(lab.url + "/admin/reload-config", headers={"Authorization": "Bearer test-admin-token"},
+                      timeout=10).status_code == 200
+    assert call(lab, "chat", key).status_code == 200 and lines(lab)[-1]["client"] == "laptop"
