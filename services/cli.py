@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from services import runbooks, up
+from services import runbooks, up, usage
 from services.run import services_help
 from services.sim_upstream import cli as sim_cli
 from services.table import SERVICE_TABLE
@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="camera takes the slots routes reserve for it; default interactive")
     cl.add_argument("--routes", nargs="*", default=None, help="the routes it may use (default: all)")
     runbooks.add_arguments(sub)
+    usage.add_arguments(sub)
     a = ap.parse_args(argv)
+    if a.cmd == "usage":
+        return usage.run(a)
     if a.cmd == "client":
         import hashlib
         import secrets

@@ -89,6 +89,9 @@ async def collect(settings: Settings, router_url: str, listen: float = LISTEN) -
         async with httpx.AsyncClient(timeout=3) as client:
             stats = (await client.get(base + "/stats")).raise_for_status().json()
         out["router"] = {"url": router_url, "ok": True, "uptime_s": stats.get("uptime_s")}
+        if stats.get("open_to_network"):
+            warnings.append("the router listens beyond this machine with no clients: in its policy: anyone who "
+                            "reaches it may use the lab (homelab client add NAME)")
         routes = {}
         for name, st in stats.get("routes", {}).items():
             routes[name] = {k: st.get(k) for k in ("healthy", "circuit", "in_flight", "max_concurrency", "drained",

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(a.log_level, a.log_format)
     try:
         settings = RouterSettings.from_env(a.policy)
+        settings.host = a.host
         check_writable(settings.log_dir)
         app = create_app(settings)
     except PolicyError as exc:
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"homelab-router: {exc.strerror or exc} (set HOMELAB_LOG_DIR to a writable folder)", file=sys.stderr)
         return 2
+    if settings.host not in ("127.0.0.1", "::1", "localhost") and load_policy(a.policy).clients is None:
+        logging.getLogger("homelab.router").warning(
+            "listening on %s with no clients: in the policy: anyone who reaches it may use the lab "
+            "(homelab client add NAME makes a key)", a.host)
     if a.access_log:
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     uvicorn.run(app, host=a.host, port=a.port, loop="uvloop", http="httptools", access_log=a.access_log,

@@ -54,6 +54,7 @@ class RouterSettings:
     max_body: int = DEFAULT_MAX_BODY
     probes: bool = True
     mqtt_url: str | None = None  # publish route health and load (HA discovery) when set
+    host: str = "127.0.0.1"  # where it listens: anyone who reaches a non-loopback address may use an open lab
 
     @classmethod
     def from_env(cls, policy_path: Path) -> RouterSettings:
@@ -125,6 +126,11 @@ class RouterService:
     @property
     def policy(self) -> Policy:
         return self.decider.policy
+
+    @property
+    def open_to_network(self) -> bool:
+        """Listening beyond this machine with no ``clients:``: every laptop on the LAN may use the lab."""
+        return self.settings.host not in ("127.0.0.1", "::1", "localhost") and self.policy.clients is None
 
     def _route_rows(self) -> list[tuple[RouteState, int]]:
         routes = self.policy.routes
@@ -390,6 +396,7 @@ class RouterService:
             "logs": self.log_stats(),
             "shadow": None if shadow is None else shadow.report() if admin else shadow.summary(),
             "clients": {n: {k: round(v, 6) for k, v in c.items()} for n, c in self.acct.clients.items()},
+            "open_to_network": self.open_to_network,
             "metrics": self.metrics.snapshot(),
         }
 

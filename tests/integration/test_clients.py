@@ -155,3 +155,33 @@ def test_homelab_client_add_prints_a_key_once_and_the_yaml_that_accepts_it(lab: 
     assert httpx.post(lab.url + "/admin/reload-config", headers={"Authorization": "Bearer test-admin-token"},
                       timeout=10).status_code == 200
     assert call(lab, "chat", key).status_code == 200 and lines(lab)[-1]["client"] == "laptop"
+
+
+def test_homelab_usage_answers_who_used_which_gpu_for_a_week_of_rotated_logs(tmp_path: Any) -> None:
+    from shared.jsonl import JsonlWriter, log_files
+
+    log = tmp_path / "router-decisions.jsonl"
+    w = JsonlWriter(log, max_bytes=2_000, backups=20)  # small files: the week spans rotated, gzipped ones
+    day = 86400.0
+    now = __import__("time").time()
+    for i in range(7 * 6):  # six requests a day for a week: cursor 2 s, home-assistant 1 s on the 4090
+        client, route, gpu = (("cursor", "ubuntu-6000", 2.0) if i % 2 else ("home-assistant", "ubuntu-4090", 1.0))
+        w.write({"ts": now - (i // 6) * day - 60, "request_id": f"r{i}", "route": route, "client": client,
+                 "status": 200, "tokens": 100, "usage": {"prompt_tokens": 100, "completion_tokens": 10},
+                 "gpu_s": gpu, "energy_wh": gpu * 350 / 3600})
+    w.write({"ts": now, "request_id": "refused", "status": 401, "client": "unknown"})  # not usage
+    w.close()
+    __import__("time").sleep(0.5)  # the last gzip finishes in its thread
+    assert len(log_files(log)) > 3
+    chart = tmp_path / "usage.png"
+    p = subprocess.run([sys.executable, "-m", "services.cli", "usage", "--since", "7d", "--log", str(log),
+                        "--plot", str(chart)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    rows = {line.split()[0]: line.split() for line in p.stdout.splitlines()[1:3]}
+    assert rows["cursor"][1:] == ["21", "2310", f"{21 * 2 / 3600:.4f}", f"{21 * 2 * 350 / 3600 / 1000:.4f}"]
+    assert rows["home-assistant"][1] == "21"
+    assert "ubuntu-4090: home-assistant 100%" in p.stdout
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    by_day = subprocess.run([sys.executable, "-m", "services.cli", "usage", "--by", "day", "--log", str(log)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert len([x for x in by_day.stdout.splitlines() if x[:4].isdigit()]) == 7

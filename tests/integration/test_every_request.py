@@ -242,3 +242,15 @@ def test_embeddings_are_on_the_record(lab: Lab) -> None:
     assert (line["endpoint"], line["status"], line["request_id"]) == ("/v1/embeddings", 200,
                                                                       r.headers["x-request-id"])
     assert orjson.loads(r.content)["data"]
+
+
+def test_an_open_lab_listening_beyond_loopback_is_called_out(lab: Lab) -> None:
+    from services.status import collect
+    from shared.settings import Settings
+
+    assert httpx.get(lab.url + "/stats", timeout=10).json()["open_to_network"] is False
+    lab.svc.settings.host = "0.0.0.0"  # as `homelab-router --host 0.0.0.0` sets it (no clients: in the policy)
+    assert httpx.get(lab.url + "/stats", timeout=10).json()["open_to_network"] is True
+    s = lab.bg.run(collect(Settings(mqtt_url="mqtt://127.0.0.1:1", router_url=lab.base_url), lab.base_url,
+                           listen=0.1))
+    assert any("no clients" in w for w in s["warnings"])
