@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from services.router.metrics import Metrics
@@ -27,6 +28,10 @@ class Accounting:
         self.validations = validations
         # per client: what it asked, what it was given, how long GPUs worked for it, at what energy
         self.clients: dict[str, dict[str, float]] = {}
+        self.today: dict[str, dict[str, float]] = {}  # per client since local midnight (Home Assistant's "today")
+        self._day = time.strftime("%Y-%m-%d")
+        # a route's live GPU power (W) when one is known (the Netdata bridge's sensor on the bus)
+        self.live_power: Callable[[str], float | None] = lambda route: None
 
     def finish(self, ctx: Ctx, route: str | None = None) -> None:
         """Account for a request once: metrics and its decision-log line. Never fails the request."""
@@ -109,8 +114,11 @@ class Accounting:
         p, c_ = usage.get("prompt_tokens"), usage.get("completion_tokens")
         prompt: int = p if isinstance(p, int) else ctx.pre.tokens
         completion: int = c_ if isinstance(c_, int) else 0
-        watts = ctx.policy.routes[route].watts if route in ctx.policy.routes else None
+        live = self.live_power(route)
+        watts = live if live is not None else ctx.policy.routes[route].watts if route in ctx.policy.routes else None
         energy = busy * watts / 3600 if watts else 0.0
+        if watts:
+            record["power_w"] = {"value": round(watts, 1), "source": "live" if live is not None else "policy"}
         m = self.metrics
         m.client_requests.labels(name, route).inc()
         m.client_tokens.labels(name, route, "prompt").inc(prompt)
@@ -128,3 +136,9 @@ class Accounting:
         c["completion_tokens"] += completion
         c["gpu_seconds"] += busy
         c["energy_wh"] += energy
+        day = time.strftime("%Y-%m-%d")
+        if day != self._day:
+            self._day, self.today = day, {}
+        t = self.today.setdefault(name, {"requests": 0, "energy_wh": 0.0})
+        t["requests"] += 1
+        t["energy_wh"] += energy

@@ -73,6 +73,9 @@ class Route(_Strict):
     reserve: dict[Literal["camera", "interactive", "batch"], PositiveInt] = {}
     # the GPU's power while it works (W): energy per client when no live power reading is known
     watts: PositiveFloat | None = None
+    # the live reading that wins over watts: "<netdata host>/<sensor>" as the Netdata bridge publishes it
+    # on homelab/netdata/<host>/state (e.g. "ubuntu-4090/gpu0_power"); the router needs the bus for it
+    power_sensor: str | None = Field(default=None, pattern=r"^[\w.-]+/[\w.-]+$")
     # the model's context window in tokens (the engine's own max_model_len wins when its /v1/models
     # reports one): a Messages request's max_tokens is clamped to what is left of it
     context_length: PositiveInt | None = None

@@ -157,8 +157,11 @@ class RouterService:
                 if self.settings.mqtt_url:
                     mqtt = RouterMqtt(self.settings.mqtt_url, snapshot_of(
                         lambda: self.states,
-                        lambda: {n: r.max_concurrency for n, r in self.policy.routes.items()}))
+                        lambda: {n: r.max_concurrency for n, r in self.policy.routes.items()}),
+                        clients=lambda: self.acct.today)
                     self.poison_listeners.append(mqtt.poisoned)
+                    self.acct.live_power = lambda route: mqtt.power_of(
+                        self.policy.routes[route].power_sensor if route in self.policy.routes else None)
                     background.append(tg.create_task(mqtt.run(), name="router-mqtt"))
                 try:
                     yield

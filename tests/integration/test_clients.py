@@ -7,9 +7,11 @@ import hashlib
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import yaml
 
@@ -163,7 +165,7 @@ def test_homelab_usage_answers_who_used_which_gpu_for_a_week_of_rotated_logs(tmp
     log = tmp_path / "router-decisions.jsonl"
     w = JsonlWriter(log, max_bytes=2_000, backups=20)  # small files: the week spans rotated, gzipped ones
     day = 86400.0
-    now = __import__("time").time()
+    now = time.time()
     for i in range(7 * 6):  # six requests a day for a week: cursor 2 s, home-assistant 1 s on the 4090
         client, route, gpu = (("cursor", "ubuntu-6000", 2.0) if i % 2 else ("home-assistant", "ubuntu-4090", 1.0))
         w.write({"ts": now - (i // 6) * day - 60, "request_id": f"r{i}", "route": route, "client": client,
@@ -171,7 +173,7 @@ def test_homelab_usage_answers_who_used_which_gpu_for_a_week_of_rotated_logs(tmp
                  "gpu_s": gpu, "energy_wh": gpu * 350 / 3600})
     w.write({"ts": now, "request_id": "refused", "status": 401, "client": "unknown"})  # not usage
     w.close()
-    __import__("time").sleep(0.5)  # the last gzip finishes in its thread
+    time.sleep(0.5)  # the last gzip finishes in its thread
     assert len(log_files(log)) > 3
     chart = tmp_path / "usage.png"
     p = subprocess.run([sys.executable, "-m", "services.cli", "usage", "--since", "7d", "--log", str(log),
@@ -185,3 +187,39 @@ def test_homelab_usage_answers_who_used_which_gpu_for_a_week_of_rotated_logs(tmp
     by_day = subprocess.run([sys.executable, "-m", "services.cli", "usage", "--by", "day", "--log", str(log)],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert len([x for x in by_day.stdout.splitlines() if x[:4].isdigit()]) == 7
+
+
+def test_energy_from_a_live_power_sensor_and_client_sensors_in_home_assistant(bg: Any, tmp_path: Any) -> None:
+    from tests.broker import Broker
+    from tests.pipeline import Collector, publish
+
+    broker = Broker(tmp_path / "broker")
+    out = Collector(bg, broker.url(), "homelab/router/clients/#", "homeassistant/sensor/#")
+    (tmp_path / "lab").mkdir()
+    lab = Lab(bg, tmp_path / "lab", {"clients": CLIENTS}, mqtt_url=broker.url())
+    try:
+        policy = yaml.safe_load(lab.policy_path.read_text())
+        policy["routes"]["ubuntu-6000"].update(watts=600, power_sensor="gpu-box/gpu0_power")
+        lab.write_policy(policy)
+        assert httpx.post(lab.url + "/admin/reload-config", headers={"Authorization": "Bearer test-admin-token"},
+                          timeout=10).status_code == 200
+        # the Netdata bridge's state for the GPU box: the GPU draws 400 W now
+        publish(bg, broker.url(), [("homelab/netdata/gpu-box/state", b'{"gpu0_power": 400.0, "gpu0_temperature": 61}')])
+        deadline = time.monotonic() + 10
+        while lab.svc.acct.live_power("ubuntu-6000") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lab.configure("ubuntu-6000", ttft=0.2)
+        assert call(lab, "chat", KEYS["cursor"]).status_code == 200
+        line = lines(lab)[-1]
+        assert line["power_w"] == {"value": 400.0, "source": "live"}  # the sensor wins over watts: 600
+        assert line["energy_wh"] == pytest.approx(line["gpu_s"] * 400 / 3600, rel=1e-3)
+        topic = "homelab/router/clients/cursor/state"
+        assert out.wait(lambda: len(out.on(topic)) >= 1, 15)
+        today = orjson.loads(out.on(topic)[-1])
+        assert today["requests"] == 1 and today["energy_wh"] == pytest.approx(line["energy_wh"], rel=1e-2)
+        configs = [t for t, _, _ in out.messages if t.startswith("homeassistant/sensor/") and "client_cursor" in t]
+        assert len(configs) == 2  # requests today, energy today
+    finally:
+        lab.close()
+        out.close()
+        broker.stop()
