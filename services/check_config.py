@@ -146,7 +146,30 @@ def check_all(config: Path | None = None, policy: Path | None = None, schedules:
     return problems
 
 
+def open_lab_warning(config: Path | None, policy: Path | None) -> str | None:
+    """The router reached over the network (``router_url`` not loopback) with no ``clients:``."""
+    from urllib.parse import urlsplit
+
+    from services.router.errors import PolicyError
+    from services.router.policy import load_policy
+    from shared.settings import SettingsError, load_settings
+
+    try:
+        url = load_settings(config).router_url
+        clients = load_policy(policy or Path(os.environ.get("HOMELAB_POLICY") or DEFAULT_POLICY)).clients
+    except (SettingsError, PolicyError):
+        return None
+    host = urlsplit(url).hostname or ""
+    if clients is None and host not in ("127.0.0.1", "::1", "localhost"):
+        return (f"warning: the router is reached at {url} (beyond this machine) and the policy has no clients: "
+                "anyone who reaches it may use the lab (homelab client add NAME)")
+    return None
+
+
 def run(config: Path | None, policy: Path | None, schedules: Path | None, acl: Path | None) -> int:
+    warning = open_lab_warning(config, policy)
+    if warning:
+        print(warning)
     problems = check_all(config, policy, schedules, acl)
     if problems:
         for p in problems:

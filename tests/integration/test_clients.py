@@ -4,6 +4,7 @@ reserved for the camera class, and who used which GPU for how long."""
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import threading
@@ -223,3 +224,14 @@ def test_energy_from_a_live_power_sensor_and_client_sensors_in_home_assistant(bg
         lab.close()
         out.close()
         broker.stop()
+
+
+def test_check_config_warns_about_an_open_lab_reached_over_the_network() -> None:
+    env = {**os.environ, "HOMELAB_ROUTER_URL": "http://192.168.1.5:8080/v1"}
+    p = subprocess.run([sys.executable, "-m", "services.cli", "check-config"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("warning: the router is reached at http://192.168.1.5")
+    env["HOMELAB_ROUTER_URL"] = "http://127.0.0.1:8080/v1"
+    p = subprocess.run([sys.executable, "-m", "services.cli", "check-config"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert "warning" not in p.stdout
