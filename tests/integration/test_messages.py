@@ -183,3 +183,22 @@ def test_models_carry_their_context_length(lab: Lab) -> None:
     data = {m["id"]: m for m in httpx.get(lab.base_url + "/models", timeout=10).json()["data"]}
     assert data["homelab/code"]["context_length"] == 32768  # the engine's own max_model_len
     assert "context_length" not in data["homelab/auto"]
+
+
+def test_an_image_block_goes_to_the_image_route_and_a_header_pins(lab: Lab, claude: anthropic.Anthropic) -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    raw = claude.messages.with_raw_response.create(
+        model="claude-opus-5-5", max_tokens=64,
+        messages=[{"role": "user", "content": [image, {"type": "text", "text": "Who is at the door?"}]}])
+    assert raw.headers["x-homelab-route"] == "ubuntu-4090" and raw.headers["x-homelab-reason"] == "image_present"
+    part = (lab.sims["ubuntu-4090"].last_body or {})["messages"][-1]["content"][0]
+    assert part == {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    url_image = {"type": "image", "source": {"type": "url", "url": "https://example.invalid/door.jpg"}}
+    claude.messages.create(model="claude-opus-5-5", max_tokens=64,
+                           messages=[{"role": "user", "content": [url_image, {"type": "text", "text": "Who?"}]}])
+    part = (lab.sims["ubuntu-4090"].last_body or {})["messages"][-1]["content"][0]
+    assert part["image_url"]["url"] == "https://example.invalid/door.jpg"
+    pinned = claude.messages.with_raw_response.create(
+        model="claude-opus-5-5", max_tokens=64, messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"X-Homelab-Route": "spark"})
+    assert pinned.headers["x-homelab-route"] == "spark"
