@@ -29,10 +29,15 @@ def route_topic(route: str) -> str:
     return f"homelab/router/{route}/state"
 
 
+def _entity(state_topic: str) -> dict[str, Any]:
+    """What every router entity shares: the router's device, its state topic, the router's availability."""
+    return {"device": device("homelab_router", "homelab-router", "LLM router"), "state_topic": state_topic,
+            **availability(topics.status(SERVICE))}
+
+
 def route_discovery(route: str) -> list[tuple[str, dict[str, Any]]]:
     r = slug(route)
-    common = {"device": device("homelab_router", "homelab-router", "LLM router"), "state_topic": route_topic(route),
-              **availability(topics.status(SERVICE))}
+    common = _entity(route_topic(route))
     return [
         discovery("binary_sensor", "homelab_router", f"{route}_healthy", {
             "name": f"{route} healthy", "default_entity_id": f"binary_sensor.router_{r}_healthy",
@@ -61,8 +66,7 @@ def client_topic(client: str) -> str:
 def client_discovery(client: str) -> list[tuple[str, dict[str, Any]]]:
     """Per client, for Home Assistant: its requests and energy today."""
     c = slug(client)
-    common = {"device": device("homelab_router", "homelab-router", "LLM router"), "state_topic": client_topic(client),
-              **availability(topics.status(SERVICE))}
+    common = _entity(client_topic(client))
     return [
         discovery("sensor", "homelab_router", f"client_{object_id(client)}_requests", {
             "name": f"{client} requests today", "default_entity_id": f"sensor.router_client_{c}_requests_today",
