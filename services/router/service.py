@@ -23,13 +23,12 @@ from services.router.decide import Decider, Decision, check_examples
 from services.router.errors import PolicyError
 from services.router.metrics import Metrics
 from services.router.mqtt_state import RouterMqtt, snapshot_of
-from services.router.policy import Policy, load_policy, parse_policy
+from services.router.policy import Policy, Route, load_policy, parse_policy
 from services.router.preflight import Preflight
 from services.router.proxy import Dispatcher
-from services.router.request import JSON
 from services.router.shadow import Shadow, refuse_changes
 from services.router.state import RouteState
-from services.router.upstream import auth
+from services.router.upstream import Upstream, auth
 from shared.jsonl import JsonlWriter, log_dir
 
 log = logging.getLogger("homelab.router")
@@ -249,14 +248,7 @@ class RouterService:
         results: list[tuple[int, Any]] = []
         try:
             for body in bodies:
-                async with self.session.post(route.chat_url, data=orjson.dumps(body),
-                                             headers={"Content-Type": JSON, **auth(route.api_key)},
-                                             timeout=aiohttp.ClientTimeout(total=route.first_token_timeout)) as r:
-                    raw = await r.read()
-                    try:
-                        results.append((r.status, orjson.loads(raw)))
-                    except orjson.JSONDecodeError:
-                        results.append((r.status, None))
+                results.append(await self._ask(route, body))
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             st.continuation_checked_at = None  # try again when the route answers
             return f"unverified: {type(exc).__name__}"
@@ -323,20 +315,27 @@ class RouterService:
 
     async def _ask_tool(self, name: str, choice: str) -> tuple[int, dict[str, Any]]:
         route = self.policy.routes[name]
-        assert self.session is not None
         tool = {"type": "function", "function": {"name": "ping", "description": "Answers pong.",
                                                  "parameters": {"type": "object", "properties": {}}}}
         body = {"model": route.model, "max_tokens": 128, "temperature": 0, "stream": False, "tools": [tool],
                 "tool_choice": choice, "messages": [{"role": "user", "content": "Call the ping tool now."}]}
-        async with self.session.post(route.chat_url, data=orjson.dumps(body),
-                                     headers={"Content-Type": JSON, **auth(route.api_key)},
-                                     timeout=aiohttp.ClientTimeout(total=route.first_token_timeout)) as r:
-            status, raw = r.status, await r.read()
+        status, answer = await self._ask(route, body)
         try:
-            message = orjson.loads(raw)["choices"][0]["message"]
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            message = answer["choices"][0]["message"]
+        except (KeyError, IndexError, TypeError):
             message = {}
         return status, message if isinstance(message, dict) else {}
+
+    async def _ask(self, route: Route, body: dict[str, Any]) -> tuple[int, Any]:
+        """One small request of the router's own to a route (the capability checks): (status, decoded
+        answer or None), through the same wire as the request path."""
+        assert self.session is not None
+        async with asyncio.timeout(route.first_token_timeout):
+            status, raw, _ = await Upstream(self.session).post_json(route, orjson.dumps(body), route.chat_url)
+        try:
+            return status, orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return status, None
 
     # ---- policy: reload, shadow, promotion ----------------------------------------------------
 

@@ -17,6 +17,13 @@ if TYPE_CHECKING:
     from services.sim_upstream.server import SimUpstream
 
 
+async def _received(sim: SimUpstream, request: web.Request) -> dict[str, Any]:
+    """The request's body, kept as the chat endpoint keeps it (tests read ``last_body``)."""
+    body: dict[str, Any] = orjson.loads(await request.read())
+    sim.last_body = body
+    return body
+
+
 async def messages(sim: SimUpstream, request: web.Request) -> web.StreamResponse:
     """A native Anthropic /v1/messages, written from the API's documented shapes (not the router's
     translation): text, or a tool_use when tools are offered and the last user turn is not a result."""
@@ -24,8 +31,7 @@ async def messages(sim: SimUpstream, request: web.Request) -> web.StreamResponse
     c = sim.config
     if not c.messages:
         return err(404, "Not Found", "invalid_request_error")
-    body = orjson.loads(await request.read())
-    sim.last_body = body
+    body = await _received(sim, request)
     messages = body.get("messages") or []
     last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
     content_in = last.get("content")
@@ -82,8 +88,7 @@ async def responses(sim: SimUpstream, request: web.Request) -> web.StreamRespons
     c = sim.config
     if not c.responses:
         return err(404, "Not Found", "invalid_request_error")
-    body = orjson.loads(await request.read())
-    sim.last_body = body
+    body = await _received(sim, request)
     items = body.get("input")
     items = [{"type": "message", "role": "user", "content": items}] if isinstance(items, str) else list(items or [])
     last = items[-1] if items else {}
