@@ -35,6 +35,7 @@ from services.router.relay import RelayResponse
 from services.router.request import JSON, Ctx
 from services.router.responses import StreamTranslator, to_chat, to_response
 from services.router.service import RouterService
+from services.router.sse import ChatStreamTranslator
 from services.router.upstream import auth
 from services.router.upstream import body as upstream_body
 
@@ -61,6 +62,18 @@ class Rec:
 
 Answer = Callable[[Request, Rec], Awaitable[Response]]
 ErrorShape = Callable[[int, str], dict[str, Any]]
+
+
+def translated(ctx: Ctx, resp: Response, stream: Callable[[], ChatStreamTranslator],
+               whole: Callable[[Any], dict[str, Any]]) -> Response:
+    """A chat answer in another API's shape: a relayed stream translated as it goes, a stream that
+    arrived whole translated at once, or a whole answer; the ``X-Homelab-*`` headers kept."""
+    if isinstance(resp, RelayResponse):
+        return resp.rewrap(stream().translate)
+    headers = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-")}
+    if ctx.pre.stream:
+        return Response(stream().feed_bytes(bytes(resp.body)), media_type="text/event-stream", headers=headers)
+    return Response(orjson.dumps(whole(orjson.loads(resp.body))), media_type=JSON, headers=headers)
 
 
 class PublicAPI:
@@ -169,14 +182,8 @@ class PublicAPI:
         final = ctx.policy.routes.get(ctx.final_route or "")
         if resp.status_code != 200 or final is None or ctx.native(final):
             return resp  # an error (OpenAI-shaped), or the engine's own Responses answer
-        if isinstance(resp, RelayResponse):
-            return resp.rewrap(StreamTranslator(body, rec.request_id).translate)
-        headers = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-")}
-        if ctx.pre.stream:
-            out = StreamTranslator(body, rec.request_id).feed_bytes(bytes(resp.body))
-            return Response(out, media_type="text/event-stream", headers=headers)
-        answer = to_response(orjson.loads(resp.body), body, rec.request_id)
-        return Response(orjson.dumps(answer), media_type=JSON, headers=headers)
+        return translated(ctx, resp, lambda: StreamTranslator(body, rec.request_id),
+                          lambda chat: to_response(chat, body, rec.request_id))
 
     async def messages(self, request: Request, rec: Rec) -> Response:
         """The Anthropic Messages API, routed by the same policy (translated to Chat Completions unless
@@ -195,13 +202,8 @@ class PublicAPI:
         final = ctx.policy.routes.get(ctx.final_route or "")
         if final is None or ctx.native(final):
             return resp  # the engine's own Messages answer
-        if isinstance(resp, RelayResponse):
-            return resp.rewrap(anthropic.StreamTranslator(body, rec.request_id, ctx.pre.tokens).translate)
-        if ctx.pre.stream:
-            out = anthropic.StreamTranslator(body, rec.request_id, ctx.pre.tokens).feed_bytes(bytes(resp.body))
-            return Response(out, media_type="text/event-stream", headers=headers)
-        answer = anthropic.to_message(orjson.loads(resp.body), body, rec.request_id)
-        return Response(orjson.dumps(answer), media_type=JSON, headers=headers)
+        return translated(ctx, resp, lambda: anthropic.StreamTranslator(body, rec.request_id, ctx.pre.tokens),
+                          lambda chat: anthropic.to_message(chat, body, rec.request_id))
 
     @staticmethod
     def _anthropic_error(resp: Response, request_id: str, headers: dict[str, str]) -> Response:
@@ -298,13 +300,13 @@ class PublicAPI:
 def mount(app: FastAPI, api: PublicAPI,
           fast_routes: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]) -> None:
     """The public endpoints on ``app``; the hot ones also on the fast path."""
-    openai_shape = None
-    for path, where, handle, shape in (("/v1/chat/completions", "chat", api.chat, openai_shape),
-                                       ("/v1/responses", "responses", api.responses, openai_shape),
-                                       ("/v1/embeddings", "embeddings", api.embeddings, openai_shape),
-                                       ("/v1/messages", "messages", api.messages, anthropic.error_body),
+    anthropic_shape = anthropic.error_body
+    for path, where, handle, shape in (("/v1/chat/completions", "chat", api.chat, None),
+                                       ("/v1/responses", "responses", api.responses, None),
+                                       ("/v1/embeddings", "embeddings", api.embeddings, None),
+                                       ("/v1/messages", "messages", api.messages, anthropic_shape),
                                        ("/v1/messages/count_tokens", "count_tokens", api.count_tokens,
-                                        anthropic.error_body)):
+                                        anthropic_shape)):
         endpoint = api.answered(where, handle, shape)
         app.post(path)(endpoint)  # FastAPI knows the route (405 for other methods) ...
         fast_routes[("POST", path)] = endpoint  # ... and the fast path serves it
