@@ -150,17 +150,17 @@ def open_lab_warning(config: Path | None, policy: Path | None) -> str | None:
     """The router reached over the network (``router_url`` not loopback) with no ``clients:``."""
     from urllib.parse import urlsplit
 
+    from services.router.clients import open_to_network
     from services.router.errors import PolicyError
     from services.router.policy import load_policy
     from shared.settings import SettingsError, load_settings
 
     try:
         url = load_settings(config).router_url
-        clients = load_policy(policy or Path(os.environ.get("HOMELAB_POLICY") or DEFAULT_POLICY)).clients
+        loaded = load_policy(policy or Path(os.environ.get("HOMELAB_POLICY") or DEFAULT_POLICY))
     except (SettingsError, PolicyError):
         return None
-    host = urlsplit(url).hostname or ""
-    if clients is None and host not in ("127.0.0.1", "::1", "localhost"):
+    if open_to_network(urlsplit(url).hostname or "", loaded):
         return (f"warning: the router is reached at {url} (beyond this machine) and the policy has no clients: "
                 "anyone who reaches it may use the lab (homelab client add NAME)")
     return None

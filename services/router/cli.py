@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"homelab-router: {exc.strerror or exc} (set HOMELAB_LOG_DIR to a writable folder)", file=sys.stderr)
         return 2
-    if settings.host not in ("127.0.0.1", "::1", "localhost") and load_policy(a.policy).clients is None:
+    if app.state.svc.open_to_network:
         logging.getLogger("homelab.router").warning(
             "listening on %s with no clients: in the policy: anyone who reaches it may use the lab "
             "(homelab client add NAME makes a key)", a.host)

@@ -17,6 +17,12 @@ from services.router.errors import RequestError
 from services.router.policy import ClientClass, Policy
 
 ANONYMOUS = "anonymous"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def open_to_network(host: str, policy: Policy) -> bool:
+    """Reachable beyond this machine with no ``clients:``: every laptop on the LAN may use the lab."""
+    return host not in LOOPBACK and policy.clients is None
 
 
 @dataclass(frozen=True, slots=True)

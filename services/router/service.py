@@ -19,6 +19,7 @@ import orjson
 
 from services.router import toolparse
 from services.router.accounting import Accounting
+from services.router.clients import open_to_network
 from services.router.decide import Decider, Decision, check_examples
 from services.router.errors import PolicyError
 from services.router.metrics import Metrics
@@ -129,7 +130,7 @@ class RouterService:
     @property
     def open_to_network(self) -> bool:
         """Listening beyond this machine with no ``clients:``: every laptop on the LAN may use the lab."""
-        return self.settings.host not in ("127.0.0.1", "::1", "localhost") and self.policy.clients is None
+        return open_to_network(self.settings.host, self.policy)
 
     def _route_rows(self) -> list[tuple[RouteState, int]]:
         routes = self.policy.routes
