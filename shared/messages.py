@@ -135,3 +135,14 @@ class Invalid(_Ours):
     topic: str
     error: str
     payload: str
+
+
+# ---- Home Assistant (input) ---------------------------------------------------------------------
+
+class SnoozeSet(_Theirs):
+    """homelab/cameras/<camera>/snooze/set (retained), written by the HA package (a push's snooze button,
+    the dashboard's cancel button): no camera push until ``until`` (epoch seconds); 0 or a past time
+    cancels it. Retained and absolute, so replaying it is harmless and a restart reads it back."""
+
+    until: float = Field(ge=0)
+    by: str | None = Field(default=None, max_length=100)  # "phone", "dashboard", ...

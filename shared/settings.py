@@ -12,7 +12,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from shared.ha import slug
 
 DEFAULT_CONFIG = Path("config/homelab.yaml")
 
@@ -62,6 +64,25 @@ class NotifierSettings(_Section):
     concurrency: int = Field(default=8, ge=1)  # events triaged at once
     timeline_days: float = Field(default=90, gt=0)  # finished events older than this leave the timeline
     ha_state_delay: float = Field(default=1.0, ge=0)  # after a new camera's discovery, before its state
+    # the first push goes out by then (from the event's arrival) whatever the classifier does: as
+    # "<label> at <camera>" if it has not answered, updated under the same tag when it does
+    first_push_deadline: float = Field(default=2.0, gt=0)
+
+
+class CameraSettings(_Section):
+    """One camera's alerting (``cameras: <camera>: {...}``); a camera not listed gets these defaults."""
+
+    context: str | None = Field(default=None, max_length=500)  # what is normal there, for the classifier
+    zones: tuple[str, ...] = ()  # push only when a Frigate object entered one of these; empty: anywhere
+    snooze_minutes: tuple[int, ...] = Field(default=(30, 60), min_length=1, max_length=3)  # the push's buttons
+    ring_passes_snooze: bool = True  # a doorbell ring still pushes while the camera is snoozed
+
+    @field_validator("snooze_minutes")
+    @classmethod
+    def _minutes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(m < 1 or m > 7 * 24 * 60 for m in v):
+            raise ValueError("each snooze is 1 to 10080 minutes (a week)")
+        return v
 
 
 class NetdataSettings(_Section):
@@ -134,8 +155,20 @@ class Settings(_Section):
     watchdog: WatchdogSettings = WatchdogSettings()
     alerts: AlertSettings = AlertSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    cameras: dict[str, CameraSettings] = {}  # per-camera alerting; keys as Frigate / ring names them
     telegram_token: SecretStr | None = None
 
+    def camera(self, name: str) -> CameraSettings:
+        """``name``'s settings: its own key, else the key Home Assistant would make the same entity
+        id of (``back-yard`` and ``back_yard``), else the defaults."""
+        got = self.cameras.get(name)
+        if got is None:
+            want = slug(name)
+            got = next((c for k, c in self.cameras.items() if slug(k) == want), CAMERA_DEFAULTS)
+        return got
+
+
+CAMERA_DEFAULTS = CameraSettings()
 
 ENV = {
     "HOMELAB_MQTT_URL": "mqtt_url",

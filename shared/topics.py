@@ -7,6 +7,7 @@ UNIQUE = "homelab/camera/event/unique"
 TRIAGE = "homelab/camera/triage"
 NOTIFY_RICH = "homelab/notify/rich"
 NOTIFY_TEXT = "homelab/notify/text"
+NOTIFY_CLEAR = "homelab/notify/clear"  # take a push back (HA: clear_notification with its tag)
 TIMELINE = "homelab/timeline"
 HA_STATUS = "homeassistant/status"
 HA_PREFIX = "homeassistant"

@@ -20,26 +20,29 @@ import aiohttp
 import orjson
 
 from router_client import CallFailed, RouterClient
-from services.vision_notifier.ha import camera_discovery, camera_topics, entity_ids
+from services.vision_notifier.ha import SNOOZE_SET, camera_discovery, camera_topics, entity_ids, snooze_camera
+from services.vision_notifier.push import Level, display_name, push_data
 from services.vision_notifier.snapshot import SnapshotError, allowed_hosts, fetch_frigate, prepare
 from services.vision_notifier.store import NotifierStore
 from services.vision_notifier.triage import (
     Stage1,
     classifier_request,
     degraded_description,
-    dropped,
     escalate,
     event_type,
     parse_stage1,
+    senior_level,
     senior_request,
+    threat_level,
     title,
 )
 from shared import topics
 from shared.bus import Bus
+from shared.ha import object_id
 from shared.logs import trace
-from shared.messages import CameraEvent
+from shared.messages import CameraEvent, SnoozeSet
 from shared.service import Validations, every
-from shared.settings import Settings
+from shared.settings import CameraSettings, Settings
 
 SERVICE = "vision_notifier"
 RING_SNAPSHOTS = "+/+/camera/+/snapshot/image"
@@ -77,6 +80,10 @@ class Notifier:
         self.send_text: Send = self._send_text
         self.send_rich: Send = self._send_rich
         self.send_timeline: Send = self._send_timeline
+        self.send_clear: Send = self._send_clear
+        # camera object id -> (until, by): set from the phone through Home Assistant, kept in SQLite
+        self.snoozes: dict[str, tuple[float, str | None]] = store.snoozes()
+        self._expiries: dict[str, asyncio.Task[None]] = {}
 
     # ---- entry points ------------------------------------------------------------------------
 
@@ -111,15 +118,130 @@ class Notifier:
         for camera, doorbell in list(self.cameras.items()):
             await self._announce(camera, doorbell)
 
+    # ---- snooze ----------------------------------------------------------------------------------
+
+    def snoozed_until(self, camera: str) -> float | None:
+        got = self.snoozes.get(object_id(camera))
+        return got[0] if got is not None and got[0] > time.time() else None
+
+    async def on_snooze(self, camera: str, msg: SnoozeSet) -> None:
+        """A snooze set (or cancelled) from Home Assistant: kept, shown back, and ended on time."""
+        until = msg.until if msg.until > time.time() else 0.0
+        if self.snoozes.get(camera, (0.0, None))[0] == until and camera in self._expiries:
+            return  # the retained message read back at start or a repeat: nothing new
+        self.store.snooze(camera, until, msg.by)
+        if until:
+            self.snoozes[camera] = (until, msg.by)
+            log.info("camera %s snoozed until %s (by %s)", camera, time.strftime("%H:%M:%S", time.localtime(until)),
+                     msg.by or "?")
+        elif self.snoozes.pop(camera, None) is not None:
+            log.info("camera %s: snooze cancelled (by %s)", camera, msg.by or "?")
+        await self._show_snooze(camera)
+
+    async def show_snoozes(self) -> None:
+        """At start: every stored snooze back on its retained topic, each with its end scheduled."""
+        for camera in list(self.snoozes):
+            await self._show_snooze(camera)
+
+    async def _show_snooze(self, camera: str) -> None:
+        until, by = self.snoozes.get(camera, (0.0, None))
+        active = until > time.time()
+        if not active:
+            self.snoozes.pop(camera, None)
+            self.store.snooze(camera, 0, None)
+        topic = f"homelab/cameras/{camera}/snooze"
+        await self.bus.publish(topic, orjson.dumps({"snoozed": active, "until": until if active else None,
+                                                    "by": by if active else None}), retain=True)
+        old = self._expiries.pop(camera, None)
+        if old is not None and old is not asyncio.current_task():
+            old.cancel()
+        if active:
+            self._expiries[camera] = asyncio.create_task(self._expire(camera, until), name=f"snooze-{camera}")
+
+    async def _expire(self, camera: str, until: float) -> None:
+        await asyncio.sleep(max(0.0, until - time.time()) + 0.05)
+        log.info("camera %s: snooze ended", camera)
+        await self._show_snooze(camera)
+
     # ---- the flow ------------------------------------------------------------------------------
 
     async def _process(self, ev: CameraEvent, already_sent: set[str]) -> None:
         t0 = time.perf_counter()
+        cam = self.settings.camera(ev.camera)
         await self._ensure_discovery(ev)
         record: dict[str, Any] = {"event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera,
                                   "source": ev.source, "kind": ev.kind, "label": ev.label,
-                                  "started_at": ev.started_at, "received_at": time.time()}
-        jpeg: bytes | None = None
+                                  "zones": list(ev.zones), "started_at": ev.started_at, "received_at": time.time()}
+        held = self._held(ev, cam)
+        if held:
+            record["held"] = held
+        look = asyncio.create_task(self._first_look(ev, cam, record, t0))
+        # the first push never waits past the deadline: "<label> at <camera>" goes out, the triage updates it
+        first: asyncio.Task[dict[str, Any]] | None = None
+        if not held:
+            left = self.cfg.first_push_deadline - (time.perf_counter() - t0)
+            done, _ = await asyncio.wait({look}, timeout=max(0.0, left))
+            if not done:
+                what = f"{(ev.label or ev.kind).capitalize()} at {display_name(ev.camera)}"
+                payload = self._text_payload(ev, cam, 1, what, None, s1=None)
+                first = asyncio.create_task(self._channel("first", ev, payload, self.send_text, already_sent))
+        jpeg, s1 = await look
+        level = threat_level(ev, s1, self.cfg.triage_threshold)
+        record["stage1"] = {**s1.model_dump(exclude_none=True), "ms": _ms(t0), "skipped": jpeg is None}
+        record["threat_level"] = level
+        record["dropped"] = level == 0
+        await self.bus.publish(topics.TRIAGE, orjson.dumps({
+            "event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera, "verdict": s1.verdict,
+            "confidence": s1.confidence, "escalate": level > 0, "synthetic": s1.synthetic,
+            "reason": s1.reason, "dropped": level == 0, "degraded": s1.synthetic, "threat_level": level,
+            **({"held": held["reason"]} if held else {})}))
+        channels: dict[str, Any] = {}
+        record["channels"] = channels
+        if held or level == 0:
+            if held:
+                log.info("event %s: held (%s): timeline only", ev.event_id, held["reason"])
+            else:
+                log.info("event %s: threat level 0 (%s %.2f): timeline only", ev.event_id, s1.verdict, s1.confidence)
+            if first is not None:  # the deadline push went out: take it back
+                channels["first"] = await first
+                clear = {"event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera, "tag": ev.event_id,
+                         "reason": "threat level 0"}
+                channels["clear"] = await self._channel("clear", ev, clear, self.send_clear, already_sent)
+                record["cleared"] = ("the first push went out at the deadline; the classifier then found "
+                                     "nothing to act on (threat level 0), so it was cleared from the phone")
+            await self._timeline(ev, record, already_sent)
+            return
+
+        message = s1.summary or f"{(ev.label or ev.kind).capitalize()} detected"
+        text = self._text_payload(ev, cam, level, message, 1 if first is not None else None, s1=s1)
+        text_task = asyncio.create_task(self._after(first, self._channel("text", ev, text, self.send_text,
+                                                                          already_sent)))
+        t2 = time.perf_counter()
+        async with self.slow:
+            description, degraded, why = await self._describe(ev, jpeg, s1, cam)
+        description, urgent = senior_level(description)
+        rich_level: Level = 2 if urgent else level  # the senior model may raise the level, never lower it
+        record["stage2"] = {"ms": _ms(t2), "degraded": degraded, **({"error": why} if why else {}),
+                            **({"raised_to": 2} if urgent and level < 2 else {})}
+        ids = entity_ids(ev.camera)
+        image = f"/api/image_proxy/{ids['image']}" if jpeg is not None else None
+        rich = {**text, "message": description, "description": description, "threat_level": rich_level,
+                "degraded": degraded or s1.synthetic, "image": f"/api/image_proxy/{ids['image']}",
+                "image_entity": ids["image"], "image_topic": camera_topics(ev.camera)["image"],
+                "has_image": jpeg is not None,
+                "push": push_data(ev.camera, ev.event_id, rich_level, cam, replaces=level, image=image)}
+        rich_task = asyncio.create_task(self._channel("rich", ev, rich, self.send_rich, already_sent,
+                                                      jpeg=jpeg))
+        if first is not None:
+            channels["first"] = await first
+        channels["text"], channels["rich"] = await asyncio.gather(text_task, rich_task)
+        record["threat_level"] = rich_level
+        record["total_ms"] = _ms(t0)
+        await self._timeline(ev, record, already_sent)
+
+    async def _first_look(self, ev: CameraEvent, cam: CameraSettings, record: dict[str, Any],
+                          t0: float) -> tuple[bytes | None, Stage1]:
+        """Snapshot and classifier (the bounded fast path): the image, if any, and stage 1's verdict."""
         async with self.fast:
             try:
                 jpeg = await self._snapshot(ev)
@@ -127,42 +249,32 @@ class Notifier:
             except SnapshotError as exc:
                 record["snapshot"] = {"ok": False, "error": str(exc), "ms": _ms(t0)}
                 log.warning("event %s: %s; escalating without the classifier", ev.event_id, exc)
-            t1 = time.perf_counter()
-            s1 = await self._classify(ev, jpeg) if jpeg is not None else escalate(
-                f"no snapshot: {record['snapshot']['error']}")
-        is_dropped = dropped(s1, self.cfg.triage_threshold)
-        record["stage1"] = {**s1.model_dump(exclude_none=True), "ms": _ms(t1), "skipped": jpeg is None}
-        record["dropped"] = is_dropped
-        await self.bus.publish(topics.TRIAGE, orjson.dumps({
-            "event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera, "verdict": s1.verdict,
-            "confidence": s1.confidence, "escalate": not is_dropped, "synthetic": s1.synthetic,
-            "reason": s1.reason, "dropped": is_dropped, "degraded": s1.synthetic}))
-        if is_dropped:
-            log.info("event %s: confident negative (%.2f), dropped locally", ev.event_id, s1.confidence)
-            record["channels"] = {}
-            await self._timeline(ev, record, already_sent)
-            return
+                return None, escalate(f"no snapshot: {exc}")
+            return jpeg, await self._classify(ev, jpeg, cam)
 
-        text = {"event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera, "title": title(ev),
-                "message": s1.summary or f"{(ev.label or ev.kind).capitalize()} detected", "tag": ev.event_id,
-                "event_type": event_type(ev), "verdict": s1.verdict, "degraded": s1.synthetic}
-        text_task = asyncio.create_task(self._channel("text", ev, text, self.send_text, already_sent))
+    @staticmethod
+    async def _after(first: asyncio.Task[dict[str, Any]] | None, send: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        """Send after the deadline push (the update must not arrive before what it replaces)."""
+        if first is not None:
+            await asyncio.wait({first})
+        return await send
 
-        t2 = time.perf_counter()
-        async with self.slow:
-            description, degraded, why = await self._describe(ev, jpeg, s1)
-        record["stage2"] = {"ms": _ms(t2), "degraded": degraded, **({"error": why} if why else {})}
-        ids = entity_ids(ev.camera)
-        rich = {**text, "message": description, "description": description,
-                "degraded": degraded or s1.synthetic, "image": f"/api/image_proxy/{ids['image']}",
-                "image_entity": ids["image"], "image_topic": camera_topics(ev.camera)["image"],
-                "has_image": jpeg is not None}
-        rich_task = asyncio.create_task(self._channel("rich", ev, rich, self.send_rich, already_sent,
-                                                      jpeg=jpeg))
-        text_res, rich_res = await asyncio.gather(text_task, rich_task)
-        record["channels"] = {"text": text_res, "rich": rich_res}
-        record["total_ms"] = _ms(t0)
-        await self._timeline(ev, record, already_sent)
+    def _text_payload(self, ev: CameraEvent, cam: CameraSettings, level: Level, message: str,
+                      replaces: Level | None, s1: Stage1 | None) -> dict[str, Any]:
+        return {"event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera, "title": title(ev),
+                "message": message, "tag": ev.event_id, "event_type": event_type(ev),
+                "verdict": s1.verdict if s1 else None, "degraded": s1.synthetic if s1 else False,
+                "threat_level": level, "zones": list(ev.zones), "provisional": s1 is None,
+                "push": push_data(ev.camera, ev.event_id, level, cam, replaces=replaces)}
+
+    def _held(self, ev: CameraEvent, cam: CameraSettings) -> dict[str, Any] | None:
+        """Why this event gets no push at all (it still reaches the timeline), or None."""
+        until = self.snoozed_until(ev.camera)
+        if until is not None and not (cam.ring_passes_snooze and event_type(ev) == "ding"):
+            return {"reason": "snoozed", "until": until, "by": self.snoozes[object_id(ev.camera)][1]}
+        if cam.zones and ev.source == "frigate" and not set(cam.zones) & set(ev.zones):
+            return {"reason": "outside zones", "zones": list(cam.zones)}
+        return None
 
     async def _timeline(self, ev: CameraEvent, record: dict[str, Any], already_sent: set[str]) -> None:
         res = await self._channel("timeline", ev, record, self.send_timeline, already_sent)
@@ -206,16 +318,17 @@ class Notifier:
             raise SnapshotError(f"no image on {topic}")
         return got[1]
 
-    async def _classify(self, ev: CameraEvent, jpeg: bytes) -> Stage1:
-        body = classifier_request(ev, jpeg, self.cfg.classifier_model)
+    async def _classify(self, ev: CameraEvent, jpeg: bytes, cam: CameraSettings) -> Stage1:
+        body = classifier_request(ev, jpeg, self.cfg.classifier_model, cam.context)
         try:
             answer = await self.router.chat(body, time_limit=self.cfg.classifier_timeout)
             return parse_stage1(RouterClient.content(answer))
         except CallFailed as exc:
             return escalate(f"classifier unavailable: {exc}")
 
-    async def _describe(self, ev: CameraEvent, jpeg: bytes | None, s1: Stage1) -> tuple[str, bool, str | None]:
-        body = senior_request(ev, jpeg, s1, self.cfg.senior_model)
+    async def _describe(self, ev: CameraEvent, jpeg: bytes | None, s1: Stage1,
+                        cam: CameraSettings) -> tuple[str, bool, str | None]:
+        body = senior_request(ev, jpeg, s1, self.cfg.senior_model, cam.context)
         try:
             answer = await self.router.chat(body, time_limit=self.cfg.senior_timeout)
             text = RouterClient.content(answer).strip()
@@ -254,6 +367,9 @@ class Notifier:
 
     async def _send_text(self, ev: CameraEvent, payload: dict[str, Any]) -> None:
         await self.bus.publish(topics.NOTIFY_TEXT, orjson.dumps(payload), wait=True)
+
+    async def _send_clear(self, ev: CameraEvent, payload: dict[str, Any]) -> None:
+        await self.bus.publish(topics.NOTIFY_CLEAR, orjson.dumps(payload), wait=True)
 
     async def _send_rich(self, ev: CameraEvent, payload: dict[str, Any]) -> None:
         await self._wait_discovery_settled(ev.camera)
@@ -315,7 +431,7 @@ async def main(settings: Settings, configure: Callable[[Notifier], None] | None 
     validations = Validations(settings, SERVICE)
     ring_sub = f"{settings.ring.mqtt_prefix}/+/camera/+/snapshot/image" if settings.ring.mqtt_prefix else None
     ring_pattern = re.compile(r"^[^/]+/[^/]+/camera/[^/]+/snapshot/image$")
-    subs = [topics.UNIQUE] + ([ring_sub] if ring_sub else [])
+    subs = [topics.UNIQUE, SNOOZE_SET] + ([ring_sub] if ring_sub else [])
 
     async def reannounce(_: Bus) -> None:
         await n.announce_all()
@@ -323,11 +439,12 @@ async def main(settings: Settings, configure: Callable[[Notifier], None] | None 
     try:
         async with aiohttp.ClientSession() as session, \
                 Bus(settings.mqtt_url, SERVICE, subscribe=subs, on_ha_online=reannounce,
-                    confirm=(topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.TIMELINE)) as bus:
+                    confirm=(topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.NOTIFY_CLEAR, topics.TIMELINE)) as bus:
             n = Notifier(settings, bus, session, store)
             if configure is not None:
                 configure(n)
             async with asyncio.TaskGroup() as tg:
+                await n.show_snoozes()
                 retention = tg.create_task(every(PRUNE_EVERY, lambda: _prune(store, n.cfg.timeline_days),
                                                  "timeline retention"), name="timeline-retention")
                 for pending, sent in store.pending():
@@ -340,6 +457,11 @@ async def main(settings: Settings, configure: Callable[[Notifier], None] | None 
                             ev = validations.decode(CameraEvent, msg.topic, msg.payload)
                             if ev is not None:
                                 tg.create_task(n.handle(ev), name=f"event-{ev.event_id}")
+                        elif (camera := snooze_camera(msg.topic)) is not None:
+                            if msg.payload:  # an empty retained message deletes it: nothing to do
+                                snooze = validations.decode(SnoozeSet, msg.topic, msg.payload)
+                                if snooze is not None:
+                                    await n.on_snooze(camera, snooze)
                         elif ring_pattern.match(msg.topic):
                             await n.on_ring_image(msg.topic, msg.payload)
                 retention.cancel()

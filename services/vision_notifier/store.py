@@ -1,5 +1,5 @@
-"""The notifier's SQLite: the timeline (every event and what became of it) and events in progress,
-so a restart mid-flow completes each event once."""
+"""The notifier's SQLite: the timeline (every event and what became of it), events in progress (so a
+restart mid-flow completes each event once) and each camera's snooze (so it holds across restarts)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ CREATE TABLE IF NOT EXISTS events (
     record TEXT
 );
 CREATE INDEX IF NOT EXISTS events_pending ON events (done);
+CREATE TABLE IF NOT EXISTS snoozes (
+    camera TEXT PRIMARY KEY,  -- the camera's object id (homelab/cameras/<camera>/...)
+    until REAL NOT NULL,
+    by TEXT
+);
 """
 
 
@@ -75,6 +80,16 @@ class NotifierStore:
         row = self.db.execute("SELECT record FROM events WHERE done = 1 AND record IS NOT NULL "
                               "ORDER BY received_at DESC LIMIT 1").fetchone()
         return orjson.loads(row[0]) if row else None
+
+    def snoozes(self) -> dict[str, tuple[float, str | None]]:
+        """Every camera's snooze as last set (until, by); expired ones included (``snooze`` drops them)."""
+        return {c: (u, b) for c, u, b in self.db.execute("SELECT camera, until, by FROM snoozes")}
+
+    def snooze(self, camera: str, until: float, by: str | None) -> None:
+        if until > 0:
+            self.db.execute("INSERT OR REPLACE INTO snoozes (camera, until, by) VALUES (?, ?, ?)", (camera, until, by))
+        else:
+            self.db.execute("DELETE FROM snoozes WHERE camera = ?", (camera,))
 
     def close(self) -> None:
         self.db.close()

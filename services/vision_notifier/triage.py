@@ -33,6 +33,7 @@ class Stage1(_Msg):
     synthetic: bool = False
     escalate_to_spark: bool = False
     reason: str | None = None
+    threat_level: Literal[0, 1, 2] | None = None  # as the classifier gave it (None: it did not say)
 
 
 def escalate(reason: str) -> Stage1:
@@ -53,12 +54,39 @@ def parse_stage1(content: str) -> Stage1:
     except jsonschema.ValidationError as exc:
         return escalate(f"classifier answer does not match the schema: {exc.message}")
     return Stage1(verdict=data["verdict"], confidence=float(data["confidence"]),
-                  objects=tuple(str(o) for o in data.get("objects") or ()), summary=data.get("summary"))
+                  objects=tuple(str(o) for o in data.get("objects") or ()), summary=data.get("summary"),
+                  threat_level=data.get("threat_level"))
 
 
 def dropped(s1: Stage1, threshold: float) -> bool:
-    """A confident negative is dropped locally (the timeline still records it)."""
+    """A confident negative: nothing to push (the timeline still records it)."""
     return s1.verdict == "negative" and s1.confidence >= threshold and not s1.synthetic
+
+
+def threat_level(ev: CameraEvent, s1: Stage1, threshold: float) -> Literal[0, 1, 2]:
+    """0: timeline only, 1: a normal push, 2: a critical push.
+
+    Fails closed: an answer we cannot trust is 1; a classifier that gives no level is read from its
+    verdict (a confident negative 0, anything else 1). A doorbell ring is at least 1: somebody pressed it.
+    """
+    if s1.synthetic:
+        lvl: Literal[0, 1, 2] = 1
+    elif s1.threat_level is not None:
+        lvl = s1.threat_level
+    else:
+        lvl = 0 if dropped(s1, threshold) else 1
+    return 1 if lvl == 0 and event_type(ev) == "ding" else lvl
+
+
+URGENT = "URGENT:"
+
+
+def senior_level(text: str) -> tuple[str, bool]:
+    """The senior model's description and whether it asks to act now (it opens with ``URGENT:``)."""
+    stripped = text.lstrip()
+    if stripped[:len(URGENT)].upper() == URGENT:
+        return stripped[len(URGENT):].strip(), True
+    return text, False
 
 
 def event_type(ev: CameraEvent) -> str:
@@ -83,15 +111,22 @@ def data_url(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
 
 
-def classifier_request(ev: CameraEvent, jpeg: bytes, model: str) -> dict[str, Any]:
+CLASSIFIER_SYSTEM = (
+    "You triage home security camera snapshots. Answer only JSON. threat_level: 0 when there is nothing "
+    "to act on (what is normal at this place, an empty scene), 1 when it is worth knowing (a visitor, a "
+    "delivery, a car arriving), 2 only when someone should act now (a break-in, a fire, a person in danger).")
+
+
+def classifier_request(ev: CameraEvent, jpeg: bytes, model: str, context: str | None = None) -> dict[str, Any]:
+    normal = f" What is normal there: {context.strip()}" if context and context.strip() else ""
     return {
         "model": model,
         "messages": [
-            {"role": "system", "content": "You triage home security camera snapshots. Answer only JSON."},
+            {"role": "system", "content": CLASSIFIER_SYSTEM},
             {"role": "user", "content": [
-                {"type": "text", "text": f"Camera {ev.camera} reported {ev.label or ev.kind}. Is there anything "
-                                         "a home owner should be alerted about (a person, a vehicle arriving, a "
-                                         "package, an animal at the door)?"},
+                {"type": "text", "text": f"Camera {ev.camera} reported {ev.label or ev.kind}.{normal} Is there "
+                                         "anything a home owner should be alerted about (a person, a vehicle "
+                                         "arriving, a package, an animal at the door), and how urgent is it?"},
                 {"type": "image_url", "image_url": {"url": data_url(jpeg)}},
             ]},
         ],
@@ -102,11 +137,15 @@ def classifier_request(ev: CameraEvent, jpeg: bytes, model: str) -> dict[str, An
     }
 
 
-def senior_request(ev: CameraEvent, jpeg: bytes | None, s1: Stage1, model: str) -> dict[str, Any]:
+def senior_request(ev: CameraEvent, jpeg: bytes | None, s1: Stage1, model: str,
+                   context: str | None = None) -> dict[str, Any]:
     hint = f" A first look said: {s1.summary}." if s1.summary else ""
+    if context and context.strip():
+        hint += f" What is normal there: {context.strip()}"
     parts: list[dict[str, Any]] = [{"type": "text", "text": (
         f"Describe what is happening at camera {ev.camera} for a phone notification: two short sentences, "
-        f"who or what is there and what they are doing.{hint}")}]
+        f"who or what is there and what they are doing.{hint} Only if someone must act right now (a break-in, "
+        f"a fire, a person in danger), begin with {URGENT}")}]
     if jpeg is not None:
         parts.append({"type": "image_url", "image_url": {"url": data_url(jpeg)}})
     return {"model": model, "messages": [{"role": "user", "content": parts}],

@@ -14,6 +14,7 @@ import pytest
 
 from services.dedup.main import main as dedup_main
 from services.frigate_consumer.main import main as frigate_main
+from services.vision_notifier.ha import camera_discovery
 from services.vision_notifier.main import Notifier
 from services.vision_notifier.main import main as notifier_main
 from services.vision_notifier.triage import EVENT_TYPES
@@ -255,7 +256,7 @@ def test_new_camera_discovery_comes_before_its_state(bg: BackgroundLoop, broker:
     order = [t for t, _, _ in out.messages]
     first_state = min(order.index(t) for t in order if t.startswith("homelab/cameras/side_gate/"))
     configs = [i for i, t in enumerate(order) if t.startswith("homeassistant/") and "side_gate" in t]
-    assert len(configs) == 3 and max(configs) < first_state
+    assert len(configs) == len(camera_discovery("side_gate", False)) and max(configs) < first_state
     discovery = {t: orjson.loads(p) for t, p, _ in out.messages if t.startswith("homeassistant/event/")}
     event_cfg = next(iter(discovery.values()))
     assert event_cfg["event_types"] == list(EVENT_TYPES)
