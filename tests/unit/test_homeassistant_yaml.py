@@ -14,8 +14,8 @@ from services.vision_notifier.triage import EVENT_TYPES
 
 HA = Path(__file__).resolve().parents[2] / "homeassistant"
 # an entity id (not trigger.event.data, not an action such as input_text.set_value)
-ENTITY = re.compile(r"(?<![.\w])(?!input_text\.set_value)(?:event|sensor|image|binary_sensor|input_text|input_boolean|"
-                    r"input_datetime|script)\.[a-z0-9_]+\b")
+ENTITY = re.compile(r"(?<![.\w])(?!input_text\.set_value)(?:event|sensor|image|binary_sensor|button|input_text|"
+                    r"input_boolean|input_datetime|script)\.[a-z0-9_]+\b")
 
 
 class _Loader(yaml.SafeLoader):
@@ -63,7 +63,8 @@ def test_automations_read_the_fields_the_notifier_publishes() -> None:
     text = (HA / "packages" / "homelab_notify.yaml").read_text()
     blueprint = (HA / "blueprints" / "automation" / "homelab" / "camera_push.yaml").read_text()
     used = set(re.findall(r"payload_json\.([a-z_]+)", text + blueprint))
-    published = {"title", "message", "tag", "description", "image", "has_image", "camera", "event_type"}
+    published = {"title", "message", "tag", "description", "image", "has_image", "camera", "event_type",
+                 "threat_level", "zones", "push"}
     assert used <= published
     assert "ding" in EVENT_TYPES
 
@@ -96,7 +97,10 @@ def test_choices_made_in_the_ui_are_not_overwritten_at_start() -> None:
 
 
 def test_pushes_open_a_view_the_project_ships() -> None:
-    package = (HA / "packages" / "homelab_notify.yaml").read_text()
+    from services.vision_notifier.push import push_data
+    from shared.settings import CameraSettings
+
     views = {f"/homelab-cameras/{v['path']}" for v in load(HA / "dashboards" / "homelab_cameras.yaml")["views"]}
-    for target in re.findall(r"'clickAction': '([^']+)'", package):
-        assert target in views
+    data = push_data("front_door", "t", 1, CameraSettings())
+    opens = [a["uri"] for a in data["actions"] if a["action"] == "URI"]
+    assert opens and {data["clickAction"], data["url"], *opens} <= views
