@@ -54,6 +54,7 @@ class Collector:
         self.target = parse_mqtt_url(url)
         self.topics = topics
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.arrived: list[float] = []  # time.time() each message arrived, in the same order
         self._ready = asyncio.Event()
         self._task = bg.submit(self._run())
         bg.run(self._wait_ready())
@@ -73,6 +74,7 @@ class Collector:
                     self._ready.set()
                     async for m in c.messages:
                         p = m.payload
+                        self.arrived.append(time.time())
                         self.messages.append((str(m.topic), bytes(p) if isinstance(p, bytes | bytearray)
                                               else str(p).encode(), bool(m.retain)))
             except aiomqtt.MqttError:
