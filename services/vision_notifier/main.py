@@ -183,7 +183,7 @@ class Notifier:
             done, _ = await asyncio.wait({look}, timeout=max(0.0, left))
             if not done:
                 what = f"{(ev.label or ev.kind).capitalize()} at {display_name(ev.camera)}"
-                payload = self._text_payload(ev, cam, 1, what, None, s1=None)
+                payload = self._text_payload(ev, cam, 1, what, None, s1=None, alert_at=record["received_at"])
                 first = asyncio.create_task(self._channel("first", ev, payload, self.send_text, already_sent))
         jpeg, s1 = await look
         level = threat_level(ev, s1, self.cfg.triage_threshold)
@@ -213,7 +213,8 @@ class Notifier:
             return
 
         message = s1.summary or f"{(ev.label or ev.kind).capitalize()} detected"
-        text = self._text_payload(ev, cam, level, message, 1 if first is not None else None, s1=s1)
+        text = self._text_payload(ev, cam, level, message, 1 if first is not None else None, s1=s1,
+                                  alert_at=record["received_at"])
         text_task = asyncio.create_task(self._after(first, self._channel("text", ev, text, self.send_text,
                                                                           already_sent)))
         t2 = time.perf_counter()
@@ -260,8 +261,9 @@ class Notifier:
         return await send
 
     def _text_payload(self, ev: CameraEvent, cam: CameraSettings, level: Level, message: str,
-                      replaces: Level | None, s1: Stage1 | None) -> dict[str, Any]:
-        return {"event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera, "title": title(ev),
+                      replaces: Level | None, s1: Stage1 | None, alert_at: float) -> dict[str, Any]:
+        # alert_at: when the notifier got the event (the blueprint's cooldown tells alerts apart by it)
+        return {"event_id": ev.event_id, "alert_at": alert_at, "trace_id": ev.trace_id, "camera": ev.camera, "title": title(ev),
                 "message": message, "tag": ev.event_id, "event_type": event_type(ev),
                 "verdict": s1.verdict if s1 else None, "degraded": s1.synthetic if s1 else False,
                 "threat_level": level, "zones": list(ev.zones), "provisional": s1 is None,
@@ -405,6 +407,8 @@ class Notifier:
         for topic, config in camera_discovery(camera, doorbell):
             await self.bus.publish(topic, orjson.dumps(config), retain=True)
         self.discovered.setdefault(camera, time.monotonic())
+        if object_id(camera) not in self.snoozes:  # "off" rather than unknown on the dashboard
+            await self._show_snooze(object_id(camera))
 
     async def _wait_discovery_settled(self, camera: str) -> None:
         # HA ignores state for entities it has not discovered yet: give it time after a new camera

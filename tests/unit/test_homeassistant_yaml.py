@@ -64,7 +64,7 @@ def test_automations_read_the_fields_the_notifier_publishes() -> None:
     blueprint = (HA / "blueprints" / "automation" / "homelab" / "camera_push.yaml").read_text()
     used = set(re.findall(r"payload_json\.([a-z_]+)", text + blueprint))
     published = {"title", "message", "tag", "description", "image", "has_image", "camera", "event_type",
-                 "threat_level", "zones", "push"}
+                 "threat_level", "zones", "push", "alert_at"}
     assert used <= published
     assert "ding" in EVENT_TYPES
 
