@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from shared.messages import CameraEvent, FrigateEvent, FrigateObject, FrigateReview, SnapshotRef
 from shared.settings import FrigateSettings
@@ -15,12 +16,20 @@ class FrigateIngest:
 
     An event is published the first time it passes the filters (a zone entered in an update
     counts), whatever message type that is, so a consumer that missed ``new`` still reports it.
+
+    A camera with alert zones (``cameras: <camera>: zones``, read through ``alert_zones``) gets one
+    more: when its object first enters one of them after the event was published outside them (a
+    person walking up from the street onto the porch), a second event ``frigate:<id>@zones`` goes
+    out — the notifier pushes that one; the first reached the timeline only.
     """
 
-    def __init__(self, cfg: FrigateSettings, frigate_url: str) -> None:
+    def __init__(self, cfg: FrigateSettings, frigate_url: str,
+                 alert_zones: Callable[[str], tuple[str, ...]] = lambda camera: ()) -> None:
         self.cfg = cfg
         self.base = frigate_url.rstrip("/")
+        self.alert_zones = alert_zones
         self.opened: OrderedDict[str, float] = OrderedDict()
+        self.zoned: set[str] = set()  # opened events whose object has been in its camera's alert zones
 
     def passes(self, obj: FrigateObject) -> bool:
         c = self.cfg
@@ -38,21 +47,34 @@ class FrigateIngest:
     def snapshot(self, frigate_id: str) -> SnapshotRef:
         return SnapshotRef(kind="frigate", url=f"{self.base}/api/events/{frigate_id}/snapshot.jpg")
 
+    def _in_alert_zones(self, obj: FrigateObject) -> bool:
+        wanted = self.alert_zones(obj.camera)
+        return bool(wanted) and bool(set(wanted) & (set(obj.entered_zones) | set(obj.current_zones)))
+
     def on_event(self, ev: FrigateEvent) -> CameraEvent | None:
         obj = ev.after
         if obj.id in self.opened:
             if ev.type == "end":
                 del self.opened[obj.id]
+                self.zoned.discard(obj.id)
+            elif obj.id not in self.zoned and self._in_alert_zones(obj):
+                self.zoned.add(obj.id)  # it walked into an alert zone: the event the notifier pushes
+                return self._event(obj, f"frigate:{obj.id}@zones")
             return None
         if not self.passes(obj):
             return None
         if ev.type != "end":
             self.opened[obj.id] = obj.start_time
+            if self._in_alert_zones(obj):
+                self.zoned.add(obj.id)
             while len(self.opened) > MAX_OPEN:
-                self.opened.popitem(last=False)
+                self.zoned.discard(self.opened.popitem(last=False)[0])
+        return self._event(obj, f"frigate:{obj.id}")
+
+    def _event(self, obj: FrigateObject, event_id: str) -> CameraEvent:
         zones = tuple(dict.fromkeys((*obj.entered_zones, *obj.current_zones)))
         return CameraEvent(
-            event_id=f"frigate:{obj.id}", source="frigate", camera=obj.camera, kind=obj.label, label=obj.label,
+            event_id=event_id, source="frigate", camera=obj.camera, kind=obj.label, label=obj.label,
             sub_label=obj.sub_label, score=obj.top_score if obj.top_score is not None else obj.score,
             zones=zones, started_at=obj.start_time, ended_at=obj.end_time, snapshot=self.snapshot(obj.id),
         )

@@ -34,7 +34,7 @@ def availability_discovery(settings: Settings) -> tuple[str, dict[str, object]]:
 
 async def main(settings: Settings) -> None:
     prefix = settings.frigate.topic_prefix
-    ingest = FrigateIngest(settings.frigate, settings.frigate_url)
+    ingest = FrigateIngest(settings.frigate, settings.frigate_url, lambda camera: settings.camera(camera).zones)
     validations = Validations(settings, SERVICE)
     events_topic, reviews_topic = f"{prefix}/events", f"{prefix}/reviews"
     trigger = events_topic if settings.frigate.trigger == "events" else reviews_topic

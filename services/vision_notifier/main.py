@@ -263,8 +263,8 @@ class Notifier:
     def _text_payload(self, ev: CameraEvent, cam: CameraSettings, level: Level, message: str,
                       replaces: Level | None, s1: Stage1 | None, alert_at: float) -> dict[str, Any]:
         # alert_at: when the notifier got the event (the blueprint's cooldown tells alerts apart by it)
-        return {"event_id": ev.event_id, "alert_at": alert_at, "trace_id": ev.trace_id, "camera": ev.camera, "title": title(ev),
-                "message": message, "tag": ev.event_id, "event_type": event_type(ev),
+        return {"event_id": ev.event_id, "alert_at": alert_at, "trace_id": ev.trace_id, "camera": ev.camera,
+                "title": title(ev), "message": message, "tag": ev.event_id, "event_type": event_type(ev),
                 "verdict": s1.verdict if s1 else None, "degraded": s1.synthetic if s1 else False,
                 "threat_level": level, "zones": list(ev.zones), "provisional": s1 is None,
                 "push": push_data(ev.camera, ev.event_id, level, cam, replaces=replaces)}

@@ -470,19 +470,24 @@ def test_snooze_from_the_phone_holds_across_restarts_until_cancelled(world: Worl
 
 
 def test_zones_decide_what_pushes(world: World, timeline: Collector) -> None:
-    def at(zones: list[str]) -> str:
-        fid = f"{time.time():.6f}-drive"
+    def at(zones: list[str], fid: str | None = None, kind: str = "new") -> str:
+        fid = fid or f"{time.time():.6f}-drive"
         obj = {"id": fid, "camera": "driveway", "label": "car", "score": 0.9, "top_score": 0.9,
-               "false_positive": False, "start_time": time.time(), "end_time": None, "current_zones": zones,
+               "false_positive": False, "start_time": time.time(), "end_time": None, "current_zones": zones[-1:],
                "entered_zones": zones}
         publish(world.bg, world.broker.url(),
-                [("frigate/events", orjson.dumps({"type": "new", "before": obj, "after": obj}))])
+                [("frigate/events", orjson.dumps({"type": kind, "before": obj, "after": obj}))])
         return f"frigate:{fid}"
 
     street = at(["street"])
     assert held(timeline, street)["held"] == {"reason": "outside zones", "zones": ["drive"]}
+    assert world.phone.pushes == []
     drive = at(["street", "drive"])
     assert [p.data["tag"] for p in world.phone.wait(2)] == [drive, drive]
+    world.phone.pushes.clear()
+    # the car was on the street when Frigate saw it and turns into the drive later: that pushes
+    walked = at(["street", "drive"], fid=street.split(":", 1)[1], kind="update")
+    assert [p.data["tag"] for p in world.phone.wait(2)] == [f"{walked}@zones"] * 2
 
 
 def test_a_slow_classifier_never_holds_the_first_push_and_level_0_takes_it_back(world: World,

@@ -70,6 +70,28 @@ def test_frigate_filters() -> None:
     assert f.on_event(frigate(name, false_positive=True)) is None
 
 
+def test_walking_into_an_alert_zone_later_gives_the_event_that_pushes() -> None:
+    """The person is on the street when Frigate opens the event and steps onto the porch later."""
+    name = "docs_v0.17.2_00_frigate_events.jsonc"
+    zones = {"front_door": ("porch",)}
+    f = FrigateIngest(FrigateSettings(), "http://f", lambda camera: zones.get(camera, ()))
+    first = f.on_event(frigate(name, camera="front_door", id="a", entered_zones=["street"], current_zones=["street"]))
+    assert first is not None and first.event_id == "frigate:a" and first.zones == ("street",)
+    assert f.on_event(frigate(name, "update", camera="front_door", id="a", entered_zones=["street"],
+                              current_zones=["street"])) is None
+    walked = f.on_event(frigate(name, "update", camera="front_door", id="a", entered_zones=["street", "porch"],
+                                current_zones=["porch"]))
+    assert walked is not None and walked.event_id == "frigate:a@zones" and "porch" in walked.zones
+    assert f.on_event(frigate(name, "update", camera="front_door", id="a", entered_zones=["street", "porch"],
+                              current_zones=["porch"])) is None  # once
+    # already in the zone when it opened: one event; a camera without alert zones: one event
+    assert f.on_event(frigate(name, camera="front_door", id="b", entered_zones=["porch"])) is not None
+    assert f.on_event(frigate(name, "update", camera="front_door", id="b", entered_zones=["porch"])) is None
+    assert f.on_event(frigate(name, camera="garage", id="c")) is not None
+    assert f.on_event(frigate(name, "update", camera="garage", id="c", entered_zones=["porch"])) is None
+    assert f.on_event(frigate(name, "end", camera="front_door", id="a")) is None and f.zoned == {"b"}
+
+
 def test_frigate_review_alert_opens_the_event() -> None:
     data = load_jsonc(FIXTURES / "frigate" / "docs_v0.14.1_01_frigate_reviews.jsonc")
     f = FrigateIngest(FrigateSettings(trigger="reviews"), "http://f")
