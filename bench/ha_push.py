@@ -1,8 +1,10 @@
 """Frigate event → the phone call Home Assistant makes, through a real Home Assistant 2025.4.4: the real
 broker, ingest, dedup, notifier and router, the shipped package, and a stand-in phone (a `rest` notify).
 
-Two profiles: the lab's model latencies (vision classifier 0.6 s to first token, senior model 5 s + 20 ms
-a token) and simulated fast models (0 s). Prints p50/p95 of event → text push and event → rich push.
+Three profiles: the lab's model latencies (vision classifier 0.6 s to first token, senior model 5 s + 20 ms
+a token), simulated fast models (0 s), and a slow classifier (5 s: the first push goes out at the
+notifier's first_push_deadline, 2 s, and the classifier's answer updates it). Prints p50/p99 of event →
+first push on the phone and event → rich push.
 
     bash scripts/install-ha.sh && .venv/bin/python bench/ha_push.py [--events 20] [--write]
 """
@@ -34,7 +36,10 @@ from tests.pipeline import Collector, Service, publish  # noqa: E402
 
 POSITIVE = {"verdict": "positive", "confidence": 0.9, "objects": ["person"], "summary": "A person at the door"}
 PROFILES = {"lab": {"ubuntu-4090": {"ttft": 0.6}, "spark": {"ttft": 5.0, "per_token": 0.02}},
-            "fast": {"ubuntu-4090": {"ttft": 0.0}, "spark": {"ttft": 0.0, "per_token": 0.0}}}
+            "fast": {"ubuntu-4090": {"ttft": 0.0}, "spark": {"ttft": 0.0, "per_token": 0.0}},
+            "slow": {"ubuntu-4090": {"ttft": 5.0}, "spark": {"ttft": 5.0, "per_token": 0.02}}}
+LABELS = {"lab": "lab latencies (classifier 0.6 s, senior 5 s + 20 ms/token)", "fast": "simulated fast (0 s)",
+          "slow": "slow classifier (5 s; senior 5 s + 20 ms/token)"}
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -87,12 +92,16 @@ def main() -> int:
                 t0 = time.time()
                 publish(bg, broker.url(), [("frigate/events", orjson.dumps({"type": "new", "before": obj,
                                                                                "after": obj}))])
-                pushes = phone.wait(2, timeout=60)
-                if len(pushes) < 2:
-                    raise SystemExit(f"event {i}: {len(pushes)} pushes arrived")
+                deadline = time.monotonic() + 60  # the described push carries the snapshot
+                while not any("image" in p.data for p in phone.pushes) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                pushes = list(phone.pushes)
+                rich = [p for p in pushes if "image" in p.data]
+                if not rich:
+                    raise SystemExit(f"event {i}: no described push ({len(pushes)} pushes arrived)")
                 if i:
                     text_ms.append((pushes[0].at - t0) * 1000)
-                    rich_ms.append((pushes[1].at - t0) * 1000)
+                    rich_ms.append((rich[0].at - t0) * 1000)
             rows.append((profile, text_ms, rich_ms))
     finally:
         for s in services:
@@ -104,14 +113,13 @@ def main() -> int:
         broker.stop()
         bg.close()
     lines = [f"Frigate event published → the stand-in phone's call from Home Assistant {ha_version()}, "
-             f"{a.events} events per profile (after one warm-up), sequential:", "",
-             "| models | text push p50 ms | text push p95 ms | rich push p50 ms | rich push p95 ms |",
+             f"{a.events} events per profile (after one warm-up), sequential, the notifier's first_push_deadline "
+             f"{NotifierSettings().first_push_deadline:g} s (with fewer than 100 events, p99 is the slowest):", "",
+             "| models | first push p50 ms | first push p99 ms | rich push p50 ms | rich push p99 ms |",
              "|---|---|---|---|---|"]
     for profile, t, r in rows:
-        label = "lab latencies (classifier 0.6 s, senior 5 s + 20 ms/token)" if profile == "lab" \
-            else "simulated fast (0 s)"
-        lines.append(f"| {label} | {statistics.median(t):.0f} | {pct(t, 0.95):.0f} | "
-                     f"{statistics.median(r):.0f} | {pct(r, 0.95):.0f} |")
+        lines.append(f"| {LABELS[profile]} | {statistics.median(t):.0f} | {pct(t, 0.99):.0f} | "
+                     f"{statistics.median(r):.0f} | {pct(r, 0.99):.0f} |")
     report = "\n".join(lines)
     print(report)
     if a.write:

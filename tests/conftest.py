@@ -8,8 +8,9 @@ from openai import OpenAI
 
 from shared.settings import Settings
 from tests.broker import Broker
+from tests.frigate_http import FakeFrigate
 from tests.harness import BackgroundLoop, Lab
-from tests.pipeline import Service
+from tests.pipeline import Service, wait_online
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +61,23 @@ def services(bg: BackgroundLoop, settings: Settings) -> Iterator[dict[str, Servi
     for s in svc.values():
         if s.alive():
             s.stop()
+
+
+@pytest.fixture
+def frigate(bg: BackgroundLoop) -> Iterator[FakeFrigate]:
+    """A Frigate HTTP API on loopback that serves snapshots."""
+    f = FakeFrigate(bg)
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def notifier(bg: BackgroundLoop, broker: Broker, settings: Settings) -> Iterator[Service]:
+    """vision_notifier on the module's ``settings``, online."""
+    from services.vision_notifier.main import main as notifier_main
+
+    s = Service(bg, notifier_main, settings)
+    wait_online(bg, broker)
+    yield s
+    if s.alive():
+        s.stop()

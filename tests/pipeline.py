@@ -13,7 +13,9 @@ from typing import Any
 import aiomqtt
 import orjson
 
+from shared import topics
 from shared.settings import Settings, parse_mqtt_url
+from tests.broker import Broker
 from tests.harness import BackgroundLoop
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -137,3 +139,12 @@ class Service:
 
     def alive(self) -> bool:
         return self.task is not None and not self.task.done()
+
+
+def wait_online(bg: BackgroundLoop, broker: Broker, service: str = "vision_notifier") -> None:
+    """Until the service says ``online`` on its status topic."""
+    c = Collector(bg, broker.url(), topics.status(service))
+    try:
+        assert c.wait(lambda: c.on(topics.status(service))[-1:] == [b"online"])
+    finally:
+        c.close()

@@ -97,7 +97,7 @@ class SimConfig(BaseModel):
     # (what real models do now and then); "none" goes on exactly where it stopped
     instruct_echo: Literal["none", "restart", "tail"] = "none"
     # what a camera_triage request (metadata.homelab_task) gets when json_answer is not set
-    triage_answer: dict[str, Any] = {"verdict": "positive", "confidence": 0.9, "objects": ["person"],
+    triage_answer: dict[str, Any] = {"verdict": "positive", "confidence": 0.9, "objects": ["person"], "threat_level": 1,
                                      "summary": "A person is at the door"}
     embedding_dims: int = 8
 

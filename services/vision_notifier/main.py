@@ -21,7 +21,7 @@ import orjson
 
 from router_client import CallFailed, RouterClient
 from services.vision_notifier.ha import SNOOZE_SET, camera_discovery, camera_topics, entity_ids, snooze_camera
-from services.vision_notifier.push import Level, display_name, push_data
+from services.vision_notifier.push import Level, display_name, push_data, quiet_update
 from services.vision_notifier.snapshot import SnapshotError, allowed_hosts, fetch_frigate, prepare
 from services.vision_notifier.store import NotifierStore
 from services.vision_notifier.triage import (
@@ -52,6 +52,11 @@ MAX_CAMERAS = 256  # cameras given Home Assistant entities
 log = logging.getLogger("homelab.vision_notifier")
 
 Send = Callable[[CameraEvent, dict[str, Any]], Awaitable[None]]
+
+
+def _shown(task: asyncio.Task[dict[str, Any]] | None) -> bool:
+    """Whether this channel's push reached Home Assistant (so the phone shows it)."""
+    return task is not None and task.done() and not task.cancelled() and bool(task.result().get("ok"))
 
 
 def _ms(t0: float) -> float:
@@ -213,10 +218,8 @@ class Notifier:
             return
 
         message = s1.summary or f"{(ev.label or ev.kind).capitalize()} detected"
-        text = self._text_payload(ev, cam, level, message, 1 if first is not None else None, s1=s1,
-                                  alert_at=record["received_at"])
-        text_task = asyncio.create_task(self._after(first, self._channel("text", ev, text, self.send_text,
-                                                                          already_sent)))
+        text = self._text_payload(ev, cam, level, message, None, s1=s1, alert_at=record["received_at"])
+        text_task = asyncio.create_task(self._update(first, ev, text, already_sent))
         t2 = time.perf_counter()
         async with self.slow:
             description, degraded, why = await self._describe(ev, jpeg, s1, cam)
@@ -230,7 +233,9 @@ class Notifier:
                 "degraded": degraded or s1.synthetic, "image": f"/api/image_proxy/{ids['image']}",
                 "image_entity": ids["image"], "image_topic": camera_topics(ev.camera)["image"],
                 "has_image": jpeg is not None,
-                "push": push_data(ev.camera, ev.event_id, rich_level, cam, replaces=level, image=image)}
+                # quiet only over a push the phone got: a text channel that failed must not make this silent
+                "push": push_data(ev.camera, ev.event_id, rich_level, cam, image=image,
+                                  replaces=level if _shown(text_task) else (1 if _shown(first) else None))}
         rich_task = asyncio.create_task(self._channel("rich", ev, rich, self.send_rich, already_sent,
                                                       jpeg=jpeg))
         if first is not None:
@@ -253,12 +258,15 @@ class Notifier:
                 return None, escalate(f"no snapshot: {exc}")
             return jpeg, await self._classify(ev, jpeg, cam)
 
-    @staticmethod
-    async def _after(first: asyncio.Task[dict[str, Any]] | None, send: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-        """Send after the deadline push (the update must not arrive before what it replaces)."""
+    async def _update(self, first: asyncio.Task[dict[str, Any]] | None, ev: CameraEvent, text: dict[str, Any],
+                      already_sent: set[str]) -> dict[str, Any]:
+        """The classifier's text push; after a deadline push, its update (never arriving before it, and
+        without a second buzz unless the level went up)."""
         if first is not None:
             await asyncio.wait({first})
-        return await send
+            if _shown(first):
+                text = {**text, "push": {**text["push"], **quiet_update(text["threat_level"], 1)}}
+        return await self._channel("text", ev, text, self.send_text, already_sent)
 
     def _text_payload(self, ev: CameraEvent, cam: CameraSettings, level: Level, message: str,
                       replaces: Level | None, s1: Stage1 | None, alert_at: float) -> dict[str, Any]:

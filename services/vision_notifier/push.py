@@ -57,19 +57,24 @@ def push_data(camera: str, tag: str, level: Level, cam: CameraSettings, *, repla
     on the phone (same tag), if one went out."""
     if level == 0:
         raise ValueError("level 0 is timeline only: nothing to push")
-    quiet = replaces is not None and replaces >= level  # the phone already told them this much
     data: dict[str, Any] = {
         "tag": tag, "group": "homelab-camera", "url": CAMERAS_VIEW, "clickAction": CAMERAS_VIEW,
         "priority": "high", "ttl": 0, "actions": actions(camera, cam),
+        "channel": "alarm_stream" if level == 2 else ANDROID_CHANNEL,
     }
-    data["channel"] = "alarm_stream" if level == 2 else ANDROID_CHANNEL
-    if quiet:
-        data["push"] = {"interruption-level": "passive"}
-        data["alert_once"] = True
-    elif level == 2:
+    if level == 2:
         data["push"] = {"interruption-level": "critical", "sound": {"name": "default", "critical": 1, "volume": 1.0}}
     else:
         data["push"] = {"interruption-level": "active"}
+    data.update(quiet_update(level, replaces))
     if image:
         data["image"] = image
     return data
+
+
+def quiet_update(level: Level, replaces: Level | None) -> dict[str, Any]:
+    """What makes a push that replaces one the phone shows at ``replaces`` arrive without a buzz, when
+    the phone already told them this much (nothing when the level went up)."""
+    if replaces is None or replaces < level:
+        return {}
+    return {"push": {"interruption-level": "passive"}, "alert_once": True}

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from services.vision_notifier.main import Notifier
 from services.vision_notifier.main import main as notifier_main
 from shared import topics
 from shared.messages import CameraEvent, SnapshotRef
@@ -18,20 +19,13 @@ from shared.settings import CameraSettings, NotifierSettings, Settings
 from tests.broker import Broker
 from tests.frigate_http import FakeFrigate
 from tests.harness import BackgroundLoop, Lab
-from tests.integration.test_notifier import POSITIVE, wait_online, wait_timeline
-from tests.pipeline import Collector, Service, publish
+from tests.integration.test_notifier import POSITIVE, wait_timeline
+from tests.pipeline import Collector, Service, publish, wait_online
 
 OUT = (topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.NOTIFY_CLEAR, topics.TIMELINE)
 CAMERAS = {"front_door": CameraSettings(context="The front path; the mail carrier comes by at noon."),
            "driveway": CameraSettings(zones=("drive",)),
            "porch": CameraSettings(ring_passes_snooze=False)}
-
-
-@pytest.fixture
-def frigate(bg: BackgroundLoop) -> Iterator[FakeFrigate]:
-    f = FakeFrigate(bg)
-    yield f
-    f.close()
 
 
 def make_settings(broker: Broker, lab: Lab, frigate: FakeFrigate, state: Path, **notifier: Any) -> Settings:
@@ -53,15 +47,6 @@ def out(bg: BackgroundLoop, broker: Broker) -> Iterator[Collector]:
     c = Collector(bg, broker.url(), *OUT, "homelab/cameras/+/snooze")
     yield c
     c.close()
-
-
-@pytest.fixture
-def notifier(bg: BackgroundLoop, broker: Broker, settings: Settings) -> Iterator[Service]:
-    s = Service(bg, notifier_main, settings)
-    wait_online(bg, broker)
-    yield s
-    if s.alive():
-        s.stop()
 
 
 _n = 0
@@ -163,21 +148,28 @@ def test_the_senior_model_raises_the_level(bg: BackgroundLoop, broker: Broker, l
 
 # ---- the first push on time ---------------------------------------------------------------------
 
-def test_a_slow_classifier_does_not_hold_the_first_push(bg: BackgroundLoop, broker: Broker, lab: Lab,
-                                                        frigate: FakeFrigate, out: Collector, tmp_path: Path) -> None:
-    slow_classifier(lab, 3.0)
-    lab.configure("ubuntu-4090", json_answer=POSITIVE)
-    s = Service(bg, notifier_main, make_settings(broker, lab, frigate, tmp_path, first_push_deadline=0.5))
+def run_with_deadline(bg: BackgroundLoop, broker: Broker, lab: Lab, frigate: FakeFrigate, out: Collector,
+                      tmp_path: Path, **notifier: Any) -> tuple[CameraEvent, float, dict[str, Any]]:
+    """One event through a notifier with these settings: the event, how long its first push took (s),
+    and its timeline record."""
+    s = Service(bg, notifier_main, make_settings(broker, lab, frigate, tmp_path, **notifier))
     try:
         wait_online(bg, broker)
         ev = event(frigate)
         sent = send(bg, broker, ev)
         assert out.wait(lambda: len(pushes(out, ev)) >= 1, 10)
-        first_at = arrival(out, topics.NOTIFY_TEXT)
-        rec = record_of(out, ev)
+        first_after = arrival(out, topics.NOTIFY_TEXT) - sent
+        return ev, first_after, record_of(out, ev)
     finally:
         s.stop()
-    assert first_at - sent < 0.5 + 1.0  # the deadline, with room for a shared CI machine (the bench measures it)
+
+
+def test_a_slow_classifier_does_not_hold_the_first_push(bg: BackgroundLoop, broker: Broker, lab: Lab,
+                                                        frigate: FakeFrigate, out: Collector, tmp_path: Path) -> None:
+    slow_classifier(lab, 3.0)
+    lab.configure("ubuntu-4090", json_answer=POSITIVE)
+    ev, first_after, rec = run_with_deadline(bg, broker, lab, frigate, out, tmp_path, first_push_deadline=0.5)
+    assert first_after < 0.5 + 1.0  # the deadline, with room for a shared CI machine (the bench measures it)
     (t1, first), (t2, update), (t3, rich) = pushes(out, ev)
     assert (t1, t2, t3) == (topics.NOTIFY_TEXT, topics.NOTIFY_TEXT, topics.NOTIFY_RICH)
     assert first["message"] == "Person at Front Door" and first["provisional"] is True
@@ -190,14 +182,7 @@ def test_level_0_after_the_deadline_push_clears_it(bg: BackgroundLoop, broker: B
                                                    frigate: FakeFrigate, out: Collector, tmp_path: Path) -> None:
     slow_classifier(lab, 2.0)
     lab.configure("ubuntu-4090", json_answer={"verdict": "negative", "confidence": 0.95, "threat_level": 0})
-    s = Service(bg, notifier_main, make_settings(broker, lab, frigate, tmp_path, first_push_deadline=0.3))
-    try:
-        wait_online(bg, broker)
-        ev = event(frigate)
-        send(bg, broker, ev)
-        rec = record_of(out, ev)
-    finally:
-        s.stop()
+    ev, _, rec = run_with_deadline(bg, broker, lab, frigate, out, tmp_path, first_push_deadline=0.3)
     (t1, first), (t2, clear) = pushes(out, ev)
     assert (t1, t2) == (topics.NOTIFY_TEXT, topics.NOTIFY_CLEAR)
     assert clear["tag"] == first["tag"] == ev.event_id
@@ -208,21 +193,37 @@ def test_a_classifier_that_is_down_does_not_delay_the_first_push(bg: BackgroundL
                                                                  frigate: FakeFrigate, out: Collector,
                                                                  tmp_path: Path) -> None:
     slow_classifier(lab, 4.0)  # longer than the notifier waits (classifier_timeout 2 s): as good as down
-    s = Service(bg, notifier_main, make_settings(broker, lab, frigate, tmp_path, first_push_deadline=0.5,
-                                                 classifier_timeout=2))
-    try:
-        wait_online(bg, broker)
-        ev = event(frigate)
-        sent = send(bg, broker, ev)
-        assert out.wait(lambda: len(pushes(out, ev)) >= 1, 5)
-        first_at = arrival(out, topics.NOTIFY_TEXT)
-        rec = record_of(out, ev)
-    finally:
-        s.stop()
-    assert first_at - sent < 0.5 + 1.0
+    ev, first_after, rec = run_with_deadline(bg, broker, lab, frigate, out, tmp_path, first_push_deadline=0.5,
+                                             classifier_timeout=2)
+    assert first_after < 0.5 + 1.0
     assert rec["stage1"]["synthetic"] and "classifier unavailable" in rec["stage1"]["reason"]
     assert rec["threat_level"] == 1 and [t for t, _ in pushes(out, ev)] == [
         topics.NOTIFY_TEXT, topics.NOTIFY_TEXT, topics.NOTIFY_RICH]  # fail closed: pushed
+
+
+def test_a_push_is_quiet_only_over_one_the_phone_got(bg: BackgroundLoop, broker: Broker, settings: Settings,
+                                                      frigate: FakeFrigate, out: Collector) -> None:
+    """The text channel fails: the described push is the first the phone gets, so it buzzes."""
+    async def broken(ev: CameraEvent, payload: dict[str, Any]) -> None:
+        raise ConnectionError("text automation gone")
+
+    def configure(n: Notifier) -> None:
+        n.send_text = broken
+
+    async def run(s: Settings) -> None:
+        await notifier_main(s, configure)
+
+    svc = Service(bg, run, settings)
+    try:
+        wait_online(bg, broker)
+        ev = event(frigate)
+        send(bg, broker, ev)
+        rec = record_of(out, ev)
+    finally:
+        svc.stop()
+    [(topic, rich)] = pushes(out, ev)
+    assert topic == topics.NOTIFY_RICH and rec["channels"]["text"]["ok"] is False
+    assert "alert_once" not in rich["push"] and rich["push"]["push"] == {"interruption-level": "active"}
 
 
 # ---- snooze -------------------------------------------------------------------------------------

@@ -25,17 +25,10 @@ from tests.broker import Broker
 from tests.frigate_http import FakeFrigate
 from tests.harness import BackgroundLoop, Lab
 from tests.integration.test_ingest import fixture_object, frigate_sequence
-from tests.pipeline import Collector, Service, publish
+from tests.pipeline import Collector, Service, publish, wait_online
 
 POSITIVE = {"verdict": "positive", "confidence": 0.9, "objects": ["person"], "summary": "A person at the door"}
 OUT = (topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.TIMELINE, topics.TRIAGE)
-
-
-@pytest.fixture
-def frigate(bg: BackgroundLoop) -> Iterator[FakeFrigate]:
-    f = FakeFrigate(bg)
-    yield f
-    f.close()
 
 
 @pytest.fixture
@@ -52,23 +45,6 @@ def out(bg: BackgroundLoop, broker: Broker) -> Iterator[Collector]:
     c = Collector(bg, broker.url(), *OUT, "homeassistant/#", "homelab/cameras/#", "homelab/vision_notifier/last_event")
     yield c
     c.close()
-
-
-def wait_online(bg: BackgroundLoop, broker: Broker, service: str = "vision_notifier") -> None:
-    c = Collector(bg, broker.url(), topics.status(service))
-    try:
-        assert c.wait(lambda: c.on(topics.status(service))[-1:] == [b"online"])
-    finally:
-        c.close()
-
-
-@pytest.fixture
-def notifier(bg: BackgroundLoop, broker: Broker, settings: Settings) -> Iterator[Service]:
-    s = Service(bg, notifier_main, settings)
-    wait_online(bg, broker)
-    yield s
-    if s.alive():
-        s.stop()
 
 
 def camera_event(frigate: FakeFrigate, event_id: str = "frigate:ev-1", camera: str = "front_door") -> CameraEvent:

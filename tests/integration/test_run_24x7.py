@@ -25,8 +25,7 @@ from shared.messages import CameraEvent
 from shared.settings import Settings
 from tests.broker import Broker
 from tests.harness import ROOT, BackgroundLoop, Lab
-from tests.integration.test_notifier import wait_online
-from tests.pipeline import Service
+from tests.pipeline import Service, wait_online
 
 # ---- rotation and retention ----------------------------------------------------------------------
 
