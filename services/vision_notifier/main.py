@@ -229,6 +229,9 @@ class Notifier:
                             **({"raised_to": 2} if urgent and level < 2 else {})}
         ids = entity_ids(ev.camera)
         image = f"/api/image_proxy/{ids['image']}" if jpeg is not None else None
+        # whether the phone shows the text push decides whether this one buzzes: give a text push still on
+        # its way a moment (it is out in milliseconds unless its channel is failing)
+        await asyncio.wait({text_task}, timeout=min(1.0, self.cfg.channel_timeout))
         rich = {**text, "message": description, "description": description, "threat_level": rich_level,
                 "degraded": degraded or s1.synthetic, "image": f"/api/image_proxy/{ids['image']}",
                 "image_entity": ids["image"], "image_topic": camera_topics(ev.camera)["image"],

@@ -445,25 +445,27 @@ def test_snooze_from_the_phone_holds_across_restarts_until_cancelled(world: Worl
     fire(ha, "mobile_app_notification_action", {"action": tap["action"], "tag": text.data["tag"]})
     until = wait_state(ha, "sensor.front_door_snooze", lambda s: s.startswith("until "))
     attrs = ha.state("sensor.front_door_snooze")["attributes"]  # type: ignore[index]
-    assert attrs["snoozed"] is True and attrs["by"] == "phone" and 29 * 60 < attrs["until"] - time.time() <= 30 * 60
+    assert attrs["snoozed"] is True and attrs["by"] == "phone"
+    assert 29 * 60 < attrs["until"] - time.time() <= 30 * 60 + 1  # HA rounds it to the second
 
-    quiet = frigate_event(world, "front_door")
-    assert held(timeline, quiet)["held"]["reason"] == "snoozed"  # on the timeline, marked snoozed
-    other = frigate_event(world, "back-yard")  # only that camera
-    assert [p.data["tag"] for p in world.phone.wait(2)] == [other, other]
-    world.phone.pushes.clear()
-    rang = ring(world, "front_door")  # a ring still pushes
-    assert [p.data["tag"] for p in world.phone.wait(2)] == [rang, rang]
-    world.phone.pushes.clear()
+    try:
+        quiet = frigate_event(world, "front_door")
+        assert held(timeline, quiet)["held"]["reason"] == "snoozed"  # on the timeline, marked snoozed
+        other = frigate_event(world, "back-yard")  # only that camera
+        assert [p.data["tag"] for p in world.phone.wait(2)] == [other, other]
+        world.phone.pushes.clear()
+        rang = ring(world, "front_door")  # a ring still pushes
+        assert [p.data["tag"] for p in world.phone.wait(2)] == [rang, rang]
+        world.phone.pushes.clear()
 
-    ha.restart()
-    assert wait_state(ha, "sensor.front_door_snooze", lambda s: s.startswith("until ")) == until
-    restart_notifier(world)
-    again = frigate_event(world, "front_door")
-    assert held(timeline, again)["held"]["reason"] == "snoozed"
-    assert [p for p in world.phone.pushes if p.data.get("tag") == again] == []
-
-    ha.call("button", "press", entity_id="button.front_door_cancel_snooze")  # the dashboard's button
+        ha.restart()
+        assert wait_state(ha, "sensor.front_door_snooze", lambda s: s.startswith("until ")) == until
+        restart_notifier(world)
+        again = frigate_event(world, "front_door")
+        assert held(timeline, again)["held"]["reason"] == "snoozed"
+        assert [p for p in world.phone.pushes if p.data.get("tag") == again] == []
+    finally:  # cancelled from the dashboard's button, whatever happened above
+        ha.call("button", "press", entity_id="button.front_door_cancel_snooze")
     wait_state(ha, "sensor.front_door_snooze", lambda s: s == "off")
     back = frigate_event(world, "front_door")
     assert [p.data["tag"] for p in world.phone.wait(2)] == [back, back]
@@ -504,7 +506,8 @@ def test_a_slow_classifier_never_holds_the_first_push_and_level_0_takes_it_back(
         first = world.phone.wait(1)[0]
         assert first.message == "Person at Front Door" and first.data["tag"] == event_id
         late = first.at - sent - deadline
-        assert late < 0.3 + 0.7, f"the first push came {late:.2f} s after the deadline"  # 0.3 s, and CI's margin
+        print(f"first push {late * 1000:+.0f} ms after the deadline")
+        assert late < 0.3, f"the first push came {late:.2f} s after the deadline"
         cleared = world.phone.wait(2, timeout=15)[1]
     finally:
         lab.configure("ubuntu-4090", json_answer=POSITIVE, ttft=0.0)
