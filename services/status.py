@@ -174,7 +174,10 @@ def render(s: dict[str, Any]) -> str:
     ev = s["last_camera_event"]
     if ev:
         push = (f"text push {ev['text_push_ms']:.0f} ms" if ev.get("text_push_ms") is not None
-                else "dropped locally (confident negative)" if ev.get("dropped") else "no text push")
+                else f"held ({ev['held']}): timeline only" if ev.get("held")
+                else "threat level 0: timeline only" if ev.get("dropped") else "no text push")
+        if ev.get("threat_level") is not None and not ev.get("dropped"):
+            push += f", threat level {ev['threat_level']}"
         lines += ["", f"last camera event  {ev.get('camera')} {ev.get('label') or ''} {_ago(ev.get('at'), now)}, "
                       f"{push} (trace {ev.get('trace_id')})"]
     else:

@@ -293,11 +293,13 @@ class Notifier:
         res = await self._channel("timeline", ev, record, self.send_timeline, already_sent)
         record.setdefault("channels", {})["timeline"] = res
         self.store.finish(ev.event_id, record)
-        text = record.get("channels", {}).get("text") or {}
+        sent = record.get("channels", {})
+        text = sent.get("first") or sent.get("text") or {}  # the first push the phone got
         # retained: `homelab status` shows the last event and how long its text push took
         await self.bus.publish(LAST_EVENT, orjson.dumps({
             "event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera, "label": ev.label,
             "at": record.get("received_at"), "dropped": record.get("dropped", False),
+            "threat_level": record.get("threat_level"), "held": (record.get("held") or {}).get("reason"),
             "text_push_ok": text.get("ok"), "text_push_ms": text.get("ms"), "total_ms": record.get("total_ms")}),
             retain=True)
 

@@ -120,3 +120,20 @@ def test_bad_camera_settings_name_the_key(tmp_path: object, bad: str, where: str
     path.write_text(bad)
     with pytest.raises(SettingsError, match=where.replace(".", r"\.")):
         load_settings(path, env={})
+
+
+@pytest.mark.parametrize(("event", "says"), [
+    ({"text_push_ms": 2016.4, "threat_level": 1}, "text push 2016 ms, threat level 1"),
+    ({"held": "snoozed", "dropped": False, "threat_level": 1}, "held (snoozed): timeline only, threat level 1"),
+    ({"dropped": True, "threat_level": 0}, "(5s ago), threat level 0: timeline only (trace t1)"),
+])
+def test_homelab_status_says_what_became_of_the_last_camera_event(event: dict[str, object], says: str) -> None:
+    from services.status import OK, render
+
+    now = time.time()
+    s = {"checked_at": now, "code": OK, "problems": [], "services": {}, "routes": {}, "netdata_hosts": {},
+         "broker": {"url": "mqtt://127.0.0.1:1883", "ok": True}, "router": {"url": "http://r", "ok": True},
+         "scheduler_next": [], "last_camera_event": {"camera": "front_door", "label": "person", "at": now - 5,
+                                                     "trace_id": "t1", **event}}
+    line = next(x for x in render(s).splitlines() if x.startswith("last camera event"))
+    assert says in line and "front_door person" in line
