@@ -49,6 +49,7 @@ RING_SNAPSHOTS = "+/+/camera/+/snapshot/image"
 RING_IMAGE_TTL = 600.0  # an older ring-mqtt image describes nothing that happens now
 RING_IMAGE_TOPICS = 64  # doorbells and cameras of one home, with room to spare
 MAX_CAMERAS = 256  # cameras given Home Assistant entities
+MAX_SNOOZE = 30 * 86400.0  # a snooze set further ahead ends after 30 days (a typo must not mute a camera for good)
 log = logging.getLogger("homelab.vision_notifier")
 
 Send = Callable[[CameraEvent, dict[str, Any]], Awaitable[None]]
@@ -131,7 +132,8 @@ class Notifier:
 
     async def on_snooze(self, camera: str, msg: SnoozeSet) -> None:
         """A snooze set (or cancelled) from Home Assistant: kept, shown back, and ended on time."""
-        until = msg.until if msg.until > time.time() else 0.0
+        now = time.time()
+        until = min(msg.until, now + MAX_SNOOZE) if msg.until > now else 0.0
         if self.snoozes.get(camera, (0.0, None))[0] == until and camera in self._expiries:
             return  # the retained message read back at start or a repeat: nothing new
         self.store.snooze(camera, until, msg.by)

@@ -292,6 +292,10 @@ def test_a_bad_snooze_message_is_refused_and_the_service_goes_on(bg: BackgroundL
     send(bg, broker, ev)
     record_of(out, ev)
     assert len(pushes(out, ev)) == 2 and notifier.alive()
+    snooze(bg, broker, "front_door", 1e300)  # valid JSON, absurd: capped at 30 days, not forever
+    assert out.wait(lambda: (snooze_state(out, "front_door") or {}).get("snoozed") is True)
+    assert snooze_state(out, "front_door")["until"] <= time.time() + 30 * 86400  # type: ignore[index]
+    assert notifier.alive()
 
 
 # ---- zones --------------------------------------------------------------------------------------
