@@ -1,10 +1,14 @@
 """vision_notifier's I/O: unique events in; triage through the router; three independent channels out.
 
-Per event: snapshot → stage 1 (fast classifier, JSON schema) → confident negative: timeline only;
-otherwise the text push goes out at once, stage 2 (senior model) writes the description, the rich
-push replaces the text one on the phone (same tag), and the timeline records it all. Every failure
-fails closed: a missing snapshot, bad classifier JSON or a router error escalates; a senior model
-that cannot answer gives a degraded description. One channel failing never delays or silences the others.
+Per event: held (the camera is snoozed, or the object is outside its zones)? timeline only. Else
+snapshot → stage 1 (fast classifier, JSON schema, the camera's context) → a threat level: 0 is timeline
+only; 1 and 2 get the text push (push.py says how each level reaches the phone), stage 2 (senior model)
+writes the description, the rich push replaces the text one on the phone (same tag), and the timeline
+records it all. The first push never waits past ``first_push_deadline``: if stage 1 has not answered,
+"<label> at <camera>" goes out, and stage 1's answer updates it or (level 0) takes it back. Every
+failure fails closed: a missing snapshot, bad classifier JSON or a router error is level 1; a senior
+model that cannot answer gives a degraded description. One channel failing never delays or silences
+the others.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from router_client import CallFailed, RouterClient
 from services.vision_notifier.ha import SNOOZE_SET, camera_discovery, camera_topics, entity_ids, snooze_camera
 from services.vision_notifier.push import Level, display_name, push_data, quiet_update
 from services.vision_notifier.snapshot import SnapshotError, allowed_hosts, fetch_frigate, prepare
+from services.vision_notifier.snooze import Snoozes
 from services.vision_notifier.store import NotifierStore
 from services.vision_notifier.triage import (
     Stage1,
@@ -49,7 +54,6 @@ RING_SNAPSHOTS = "+/+/camera/+/snapshot/image"
 RING_IMAGE_TTL = 600.0  # an older ring-mqtt image describes nothing that happens now
 RING_IMAGE_TOPICS = 64  # doorbells and cameras of one home, with room to spare
 MAX_CAMERAS = 256  # cameras given Home Assistant entities
-MAX_SNOOZE = 30 * 86400.0  # a snooze set further ahead ends after 30 days (a typo must not mute a camera for good)
 log = logging.getLogger("homelab.vision_notifier")
 
 Send = Callable[[CameraEvent, dict[str, Any]], Awaitable[None]]
@@ -87,9 +91,7 @@ class Notifier:
         self.send_rich: Send = self._send_rich
         self.send_timeline: Send = self._send_timeline
         self.send_clear: Send = self._send_clear
-        # camera object id -> (until, by): set from the phone through Home Assistant, kept in SQLite
-        self.snoozes: dict[str, tuple[float, str | None]] = store.snoozes()
-        self._expiries: dict[str, asyncio.Task[None]] = {}
+        self.snoozes = Snoozes(store, bus)
 
     # ---- entry points ------------------------------------------------------------------------
 
@@ -123,52 +125,6 @@ class Notifier:
     async def announce_all(self) -> None:
         for camera, doorbell in list(self.cameras.items()):
             await self._announce(camera, doorbell)
-
-    # ---- snooze ----------------------------------------------------------------------------------
-
-    def snoozed_until(self, camera: str) -> float | None:
-        got = self.snoozes.get(object_id(camera))
-        return got[0] if got is not None and got[0] > time.time() else None
-
-    async def on_snooze(self, camera: str, msg: SnoozeSet) -> None:
-        """A snooze set (or cancelled) from Home Assistant: kept, shown back, and ended on time."""
-        now = time.time()
-        until = min(msg.until, now + MAX_SNOOZE) if msg.until > now else 0.0
-        if self.snoozes.get(camera, (0.0, None))[0] == until and camera in self._expiries:
-            return  # the retained message read back at start or a repeat: nothing new
-        self.store.snooze(camera, until, msg.by)
-        if until:
-            self.snoozes[camera] = (until, msg.by)
-            log.info("camera %s snoozed until %s (by %s)", camera, time.strftime("%H:%M:%S", time.localtime(until)),
-                     msg.by or "?")
-        elif self.snoozes.pop(camera, None) is not None:
-            log.info("camera %s: snooze cancelled (by %s)", camera, msg.by or "?")
-        await self._show_snooze(camera)
-
-    async def show_snoozes(self) -> None:
-        """At start: every stored snooze back on its retained topic, each with its end scheduled."""
-        for camera in list(self.snoozes):
-            await self._show_snooze(camera)
-
-    async def _show_snooze(self, camera: str) -> None:
-        until, by = self.snoozes.get(camera, (0.0, None))
-        active = until > time.time()
-        if not active:
-            self.snoozes.pop(camera, None)
-            self.store.snooze(camera, 0, None)
-        topic = f"homelab/cameras/{camera}/snooze"
-        await self.bus.publish(topic, orjson.dumps({"snoozed": active, "until": until if active else None,
-                                                    "by": by if active else None}), retain=True)
-        old = self._expiries.pop(camera, None)
-        if old is not None and old is not asyncio.current_task():
-            old.cancel()
-        if active:
-            self._expiries[camera] = asyncio.create_task(self._expire(camera, until), name=f"snooze-{camera}")
-
-    async def _expire(self, camera: str, until: float) -> None:
-        await asyncio.sleep(max(0.0, until - time.time()) + 0.05)
-        log.info("camera %s: snooze ended", camera)
-        await self._show_snooze(camera)
 
     # ---- the flow ------------------------------------------------------------------------------
 
@@ -284,9 +240,9 @@ class Notifier:
 
     def _held(self, ev: CameraEvent, cam: CameraSettings) -> dict[str, Any] | None:
         """Why this event gets no push at all (it still reaches the timeline), or None."""
-        until = self.snoozed_until(ev.camera)
-        if until is not None and not (cam.ring_passes_snooze and event_type(ev) == "ding"):
-            return {"reason": "snoozed", "until": until, "by": self.snoozes[object_id(ev.camera)][1]}
+        snoozed = self.snoozes.active(ev.camera)
+        if snoozed is not None and not (cam.ring_passes_snooze and event_type(ev) == "ding"):
+            return {"reason": "snoozed", "until": snoozed[0], "by": snoozed[1]}
         if cam.zones and ev.source == "frigate" and not set(cam.zones) & set(ev.zones):
             return {"reason": "outside zones", "zones": list(cam.zones)}
         return None
@@ -422,8 +378,7 @@ class Notifier:
         for topic, config in camera_discovery(camera, doorbell):
             await self.bus.publish(topic, orjson.dumps(config), retain=True)
         self.discovered.setdefault(camera, time.monotonic())
-        if object_id(camera) not in self.snoozes:  # "off" rather than unknown on the dashboard
-            await self._show_snooze(object_id(camera))
+        await self.snoozes.announce(object_id(camera))
 
     async def _wait_discovery_settled(self, camera: str) -> None:
         # HA ignores state for entities it has not discovered yet: give it time after a new camera
@@ -463,7 +418,7 @@ async def main(settings: Settings, configure: Callable[[Notifier], None] | None 
             if configure is not None:
                 configure(n)
             async with asyncio.TaskGroup() as tg:
-                await n.show_snoozes()
+                await n.snoozes.show_all()
                 retention = tg.create_task(every(PRUNE_EVERY, lambda: _prune(store, n.cfg.timeline_days),
                                                  "timeline retention"), name="timeline-retention")
                 for pending, sent in store.pending():
@@ -480,7 +435,7 @@ async def main(settings: Settings, configure: Callable[[Notifier], None] | None 
                             if msg.payload:  # an empty retained message deletes it: nothing to do
                                 snooze = validations.decode(SnoozeSet, msg.topic, msg.payload)
                                 if snooze is not None:
-                                    await n.on_snooze(camera, snooze)
+                                    await n.snoozes.on_set(camera, snooze)
                         elif ring_pattern.match(msg.topic):
                             await n.on_ring_image(msg.topic, msg.payload)
                 retention.cancel()
