@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 import pytest
 
-from services.vision_notifier.main import Notifier
 from services.vision_notifier.main import main as notifier_main
 from shared import topics
 from shared.messages import CameraEvent, SnapshotRef
@@ -19,7 +18,7 @@ from shared.settings import CameraSettings, NotifierSettings, Settings
 from tests.broker import Broker
 from tests.frigate_http import FakeFrigate
 from tests.harness import BackgroundLoop, Lab
-from tests.integration.test_notifier import POSITIVE, wait_timeline
+from tests.integration.test_notifier import POSITIVE, wait_timeline, with_broken_channel
 from tests.pipeline import Collector, Service, publish, wait_online
 
 OUT = (topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.NOTIFY_CLEAR, topics.TIMELINE)
@@ -204,18 +203,8 @@ def test_a_classifier_that_is_down_does_not_delay_the_first_push(bg: BackgroundL
 def test_a_push_is_quiet_only_over_one_the_phone_got(bg: BackgroundLoop, broker: Broker, settings: Settings,
                                                       frigate: FakeFrigate, out: Collector) -> None:
     """The text channel fails: the described push is the first the phone gets, so it buzzes."""
-    async def broken(ev: CameraEvent, payload: dict[str, Any]) -> None:
-        raise ConnectionError("text automation gone")
-
-    def configure(n: Notifier) -> None:
-        n.send_text = broken
-
-    async def run(s: Settings) -> None:
-        await notifier_main(s, configure)
-
-    svc = Service(bg, run, settings)
+    svc = with_broken_channel(bg, broker, settings, "text", "text automation gone")
     try:
-        wait_online(bg, broker)
         ev = event(frigate)
         send(bg, broker, ev)
         rec = record_of(out, ev)

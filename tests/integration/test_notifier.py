@@ -175,19 +175,25 @@ def test_a_brief_404_while_the_event_is_in_progress_is_retried(bg: BackgroundLoo
     assert record["snapshot"]["ok"] is True and record["stage1"]["verdict"] == "positive"
 
 
-def test_rich_channel_broken_text_and_timeline_still_arrive(bg: BackgroundLoop, broker: Broker, settings: Settings,
-                                                            frigate: FakeFrigate, out: Collector) -> None:
+def with_broken_channel(bg: BackgroundLoop, broker: Broker, settings: Settings, channel: str, error: str) -> Service:
+    """The notifier, online, with one channel's port (``send_text``, ``send_rich``, ...) failing."""
     async def broken(ev: CameraEvent, payload: dict[str, Any]) -> None:
-        raise ConnectionError("phone gateway down")
+        raise ConnectionError(error)
 
     def configure(n: Notifier) -> None:
-        n.send_rich = broken
+        setattr(n, f"send_{channel}", broken)
 
     async def run(s: Settings) -> None:
         await notifier_main(s, configure)
 
     svc = Service(bg, run, settings)
     wait_online(bg, broker)
+    return svc
+
+
+def test_rich_channel_broken_text_and_timeline_still_arrive(bg: BackgroundLoop, broker: Broker, settings: Settings,
+                                                            frigate: FakeFrigate, out: Collector) -> None:
+    svc = with_broken_channel(bg, broker, settings, "rich", "phone gateway down")
     try:
         send(bg, broker, camera_event(frigate))
         record = wait_timeline(out)[0]
