@@ -25,7 +25,7 @@ from shared.settings import Settings, parse_mqtt_url
 
 LISTEN = 1.0  # seconds to gather retained messages (they arrive at once on subscribe)
 TOPICS = ("homelab/+/status", "homelab/+/status/since", "homelab/netdata/+/availability",
-          "homelab/vision_notifier/last_event", "homelab/scheduler/next")
+          "homelab/vision_notifier/last_event", "homelab/scheduler/next", "homelab/cameras/+/snooze")
 OK, DOWN, UNKNOWN = 0, 1, 2
 
 
@@ -125,6 +125,15 @@ async def collect(settings: Settings, router_url: str, listen: float = LISTEN) -
                 problems.append(f"netdata host {parts[2]} is unavailable")
     out["netdata_hosts"] = hosts
     out["last_camera_event"] = _json(retained.get("homelab/vision_notifier/last_event"))
+    snoozed = {}  # camera -> its snooze, while it lasts: a silenced camera is worth a line
+    for topic, raw in retained.items():
+        parts = topic.split("/")
+        if len(parts) == 4 and parts[:2] == ["homelab", "cameras"] and parts[3] == "snooze":
+            sn = _json(raw)
+            until = sn.get("until") if isinstance(sn, dict) else None
+            if isinstance(until, int | float) and sn.get("snoozed") and until > out["checked_at"]:
+                snoozed[parts[2]] = sn
+    out["snoozed_cameras"] = snoozed
     out["scheduler_next"] = _json(retained.get("homelab/scheduler/next")) or []
     out["code"] = UNKNOWN if not out["broker"]["ok"] else (DOWN if problems else OK)
     if out["code"] == UNKNOWN:
@@ -182,6 +191,9 @@ def render(s: dict[str, Any]) -> str:
                       f"{push} (trace {ev.get('trace_id')})"]
     else:
         lines += ["", "last camera event  none yet"]
+    for camera, sn in sorted((s.get("snoozed_cameras") or {}).items()):
+        until = time.strftime("%a %H:%M", time.localtime(float(sn["until"])))
+        lines.append(f"snoozed camera     {camera} until {until} (by {sn.get('by') or '?'}): no pushes, timeline only")
     if s["scheduler_next"]:
         lines += ["", "scheduler next runs"]
         w_job = max(len(str(j["job"])) for j in s["scheduler_next"]) + 2

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from services.status import collect
 from services.vision_notifier.main import main as notifier_main
 from shared import topics
 from shared.messages import CameraEvent, SnapshotRef
@@ -228,6 +229,8 @@ def test_a_snoozed_camera_is_quiet_but_on_the_timeline_and_it_holds_across_a_res
     send(bg, broker, ev)
     rec = record_of(out, ev)
     assert pushes(out, ev) == [] and rec["held"] == {"reason": "snoozed", "until": until, "by": "phone"}
+    status = bg.run(collect(settings, settings.router_url))  # `homelab status` names the silenced camera
+    assert list(status["snoozed_cameras"]) == ["front_door"]
     ring = event(frigate, kind="ding")  # a ring still pushes
     send(bg, broker, ring)
     record_of(out, ring)

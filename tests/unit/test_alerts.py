@@ -137,3 +137,15 @@ def test_homelab_status_says_what_became_of_the_last_camera_event(event: dict[st
                                                      "trace_id": "t1", **event}}
     line = next(x for x in render(s).splitlines() if x.startswith("last camera event"))
     assert says in line and "front_door person" in line
+
+
+def test_homelab_status_lists_snoozed_cameras() -> None:
+    from services.status import OK, render
+
+    now = time.time()
+    s = {"checked_at": now, "code": OK, "problems": [], "services": {}, "routes": {}, "netdata_hosts": {},
+         "broker": {"url": "mqtt://127.0.0.1:1883", "ok": True}, "router": {"url": "http://r", "ok": True},
+         "scheduler_next": [], "last_camera_event": None,
+         "snoozed_cameras": {"front_door": {"snoozed": True, "until": now + 1800, "by": "phone"}}}
+    until = time.strftime("%a %H:%M", time.localtime(now + 1800))
+    assert f"snoozed camera     front_door until {until} (by phone): no pushes, timeline only" in render(s)
