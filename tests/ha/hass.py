@@ -92,7 +92,10 @@ class Phone:
 class HomeAssistant:
     """One Home Assistant process with a fresh config directory."""
 
-    def __init__(self, config_dir: Path, mqtt_port: int, phone_port: int, cameras: list[str]) -> None:
+    def __init__(self, config_dir: Path, mqtt_port: int, phone_port: int, cameras: list[str],
+                 blueprint_only: tuple[str, ...] = ()) -> None:
+        """``cameras`` get the dashboard and the example blueprint automation; ``blueprint_only`` the
+        automation alone."""
         if not HASS.exists():
             raise RuntimeError(f"Home Assistant {HA_VERSION} is not installed at {HASS}: run "
                                "`bash scripts/install-ha.sh` (scripts/test.sh runs it; ~3-4 min the first time)")
@@ -103,13 +106,14 @@ class HomeAssistant:
         self.log = config_dir / "hass.out"
         refresh_id, jwt_key = uuid.uuid4().hex, uuid.uuid4().hex + uuid.uuid4().hex
         self.token = long_lived_token(refresh_id, jwt_key)
-        self._write_config(phone_port, cameras, refresh_id, jwt_key)
+        self._write_config(phone_port, cameras, blueprint_only, refresh_id, jwt_key)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _write_config(self, phone_port: int, cameras: list[str], refresh_id: str, jwt_key: str) -> None:
+    def _write_config(self, phone_port: int, cameras: list[str], blueprint_only: tuple[str, ...], refresh_id: str,
+                      jwt_key: str) -> None:
         from services.vision_notifier.ha import cameras_dashboard
 
         d = self.dir
@@ -129,7 +133,7 @@ class HomeAssistant:
         example = yaml.safe_load((ha / "automations" / "front_door_push.yaml").read_text())[0]
         now = datetime.now(UTC)
         autos = []
-        for camera in cameras:
+        for camera in (*cameras, *blueprint_only):
             a = yaml.safe_load(yaml.safe_dump(example))
             a["id"] = f"homelab_push_{entity_ids(camera)['event'].split('.')[1]}"
             if camera != "front_door":

@@ -57,14 +57,15 @@ def world(bg: BackgroundLoop, tmp_path_factory: pytest.TempPathFactory) -> Itera
     frigate = FakeFrigate(bg)
     parent = FakeParent(bg, lab_hosts())
     birth = Collector(bg, broker.url(), topics.HA_STATUS)
-    ha = HomeAssistant(tmp / "config", int(broker.url().rsplit(":", 1)[1]), phone.port, CAMERAS)
+    ha = HomeAssistant(tmp / "config", int(broker.url().rsplit(":", 1)[1]), phone.port, CAMERAS,
+                       blueprint_only=("porch",))
     ha.start()
     assert birth.wait(lambda: b"online" in birth.on(topics.HA_STATUS), 30), "no MQTT birth message from HA"
     birth.close()
     settings = Settings(mqtt_url=broker.url(), router_url=lab.base_url, frigate_url=frigate.url,
                         netdata_url=parent.url, state_dir=tmp / "state", log_dir=tmp / "logs",
                         notifier=NotifierSettings(classifier_timeout=8, senior_timeout=5, channel_timeout=3,
-                                                  snapshot_retries=2, ha_state_delay=0.3),
+                                                  snapshot_retries=2),  # ha_state_delay as shipped (1 s)
                         cameras={"driveway": CameraSettings(zones=("drive",))},
                         netdata=NetdataSettings(interval=2))
     services = [Service(bg, m, settings) for m in (frigate_main, dedup_main, notifier_main, netdata_main)]
@@ -513,3 +514,23 @@ def test_a_slow_classifier_never_holds_the_first_push_and_level_0_takes_it_back(
         lab.configure("ubuntu-4090", json_answer=POSITIVE, ttft=0.0)
     assert cleared.message == "clear_notification" and cleared.data == {"tag": event_id}
     assert "cleared" in held(timeline, event_id)["cleared"]
+
+
+def test_the_blueprint_follows_a_real_alert_and_takes_it_back(world: World) -> None:
+    """porch is handed to its blueprint automation: a slow classifier's deadline push and its withdrawal
+    come from the blueprint, once (the package stays out)."""
+    from tests.integration.test_alerts import slow_classifier
+
+    world.ha.call("input_text", "set_value", entity_id="input_text.homelab_cameras_via_blueprint", value="porch")
+    lab = world.lab
+    slow_classifier(lab, 4.0)
+    lab.configure("ubuntu-4090", json_answer={"verdict": "negative", "confidence": 0.95, "threat_level": 0})
+    try:
+        event_id = frigate_event(world, "porch")
+        world.phone.wait(2, timeout=15)
+    finally:
+        lab.configure("ubuntu-4090", json_answer=POSITIVE, ttft=0.0)
+    pushes = settle(world, 1.0)
+    assert [(p.message, p.data.get("tag")) for p in pushes] == [
+        ("Person at Porch", event_id), ("clear_notification", event_id)]
+    assert pushes[0].data["actions"][0]["title"] == "Snooze Porch 30 min"
