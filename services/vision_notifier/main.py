@@ -146,7 +146,7 @@ class Notifier:
             done, _ = await asyncio.wait({look}, timeout=max(0.0, left))
             if not done:
                 what = f"{(ev.label or ev.kind).capitalize()} at {display_name(ev.camera)}"
-                payload = self._text_payload(ev, cam, 1, what, None, s1=None, alert_at=record["received_at"])
+                payload = self._text_payload(ev, cam, 1, what, s1=None, alert_at=record["received_at"])
                 first = asyncio.create_task(self._channel("first", ev, payload, self.send_text, already_sent))
         jpeg, s1 = await look
         level = threat_level(ev, s1, self.cfg.triage_threshold)
@@ -176,7 +176,7 @@ class Notifier:
             return
 
         message = s1.summary or f"{(ev.label or ev.kind).capitalize()} detected"
-        text = self._text_payload(ev, cam, level, message, None, s1=s1, alert_at=record["received_at"])
+        text = self._text_payload(ev, cam, level, message, s1=s1, alert_at=record["received_at"])
         text_task = asyncio.create_task(self._update(first, ev, text, already_sent))
         t2 = time.perf_counter()
         async with self.slow:
@@ -230,13 +230,13 @@ class Notifier:
         return await self._channel("text", ev, text, self.send_text, already_sent)
 
     def _text_payload(self, ev: CameraEvent, cam: CameraSettings, level: Level, message: str,
-                      replaces: Level | None, s1: Stage1 | None, alert_at: float) -> dict[str, Any]:
+                      s1: Stage1 | None, alert_at: float) -> dict[str, Any]:
         # alert_at: when the notifier got the event (the blueprint's cooldown tells alerts apart by it)
         return {"event_id": ev.event_id, "alert_at": alert_at, "trace_id": ev.trace_id, "camera": ev.camera,
                 "title": title(ev), "message": message, "tag": ev.event_id, "event_type": event_type(ev),
                 "verdict": s1.verdict if s1 else None, "degraded": s1.synthetic if s1 else False,
                 "threat_level": level, "zones": list(ev.zones), "provisional": s1 is None,
-                "push": push_data(ev.camera, ev.event_id, level, cam, replaces=replaces)}
+                "push": push_data(ev.camera, ev.event_id, level, cam)}
 
     def _held(self, ev: CameraEvent, cam: CameraSettings) -> dict[str, Any] | None:
         """Why this event gets no push at all (it still reaches the timeline), or None."""
