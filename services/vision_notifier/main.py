@@ -148,9 +148,9 @@ class Notifier:
                 what = f"{(ev.label or ev.kind).capitalize()} at {display_name(ev.camera)}"
                 payload = self._text_payload(ev, cam, 1, what, s1=None, alert_at=record["received_at"])
                 first = asyncio.create_task(self._channel("first", ev, payload, self.send_text, already_sent))
-        jpeg, s1 = await look
+        jpeg, s1, stage1_ms = await look
         level = threat_level(ev, s1, self.cfg.triage_threshold)
-        record["stage1"] = {**s1.model_dump(exclude_none=True), "ms": _ms(t0), "skipped": jpeg is None}
+        record["stage1"] = {**s1.model_dump(exclude_none=True), "ms": stage1_ms, "skipped": jpeg is None}
         record["threat_level"] = level
         record["dropped"] = level == 0
         await self.bus.publish(topics.TRIAGE, orjson.dumps({
@@ -186,16 +186,16 @@ class Notifier:
         record["stage2"] = {"ms": _ms(t2), "degraded": degraded, **({"error": why} if why else {}),
                             **({"raised_to": 2} if urgent and level < 2 else {})}
         ids = entity_ids(ev.camera)
-        image = f"/api/image_proxy/{ids['image']}" if jpeg is not None else None
+        proxy = f"/api/image_proxy/{ids['image']}"
         # whether the phone shows the text push decides whether this one buzzes: give a text push still on
         # its way a moment (it is out in milliseconds unless its channel is failing)
         await asyncio.wait({text_task}, timeout=min(1.0, self.cfg.channel_timeout))
         rich = {**text, "message": description, "description": description, "threat_level": rich_level,
-                "degraded": degraded or s1.synthetic, "image": f"/api/image_proxy/{ids['image']}",
+                "degraded": degraded or s1.synthetic, "image": proxy,
                 "image_entity": ids["image"], "image_topic": camera_topics(ev.camera)["image"],
                 "has_image": jpeg is not None,
                 # quiet only over a push the phone got: a text channel that failed must not make this silent
-                "push": push_data(ev.camera, ev.event_id, rich_level, cam, image=image,
+                "push": push_data(ev.camera, ev.event_id, rich_level, cam, image=proxy if jpeg is not None else None,
                                   replaces=level if _shown(text_task) else (1 if _shown(first) else None))}
         rich_task = asyncio.create_task(self._channel("rich", ev, rich, self.send_rich, already_sent,
                                                       jpeg=jpeg))
@@ -207,8 +207,9 @@ class Notifier:
         await self._timeline(ev, record, already_sent)
 
     async def _first_look(self, ev: CameraEvent, cam: CameraSettings, record: dict[str, Any],
-                          t0: float) -> tuple[bytes | None, Stage1]:
-        """Snapshot and classifier (the bounded fast path): the image, if any, and stage 1's verdict."""
+                          t0: float) -> tuple[bytes | None, Stage1, float]:
+        """Snapshot and classifier (the bounded fast path): the image, if any, stage 1's verdict, and how
+        long the classifier took (ms)."""
         async with self.fast:
             try:
                 jpeg = await self._snapshot(ev)
@@ -216,8 +217,10 @@ class Notifier:
             except SnapshotError as exc:
                 record["snapshot"] = {"ok": False, "error": str(exc), "ms": _ms(t0)}
                 log.warning("event %s: %s; escalating without the classifier", ev.event_id, exc)
-                return None, escalate(f"no snapshot: {exc}")
-            return jpeg, await self._classify(ev, jpeg, cam)
+                return None, escalate(f"no snapshot: {exc}"), 0.0
+            t1 = time.perf_counter()
+            s1 = await self._classify(ev, jpeg, cam)
+            return jpeg, s1, _ms(t1)
 
     async def _update(self, first: asyncio.Task[dict[str, Any]] | None, ev: CameraEvent, text: dict[str, Any],
                       already_sent: set[str]) -> dict[str, Any]:

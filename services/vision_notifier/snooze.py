@@ -11,6 +11,7 @@ import time
 
 import orjson
 
+from services.vision_notifier.ha import camera_topics
 from services.vision_notifier.store import NotifierStore
 from shared.bus import Bus
 from shared.ha import object_id
@@ -63,7 +64,7 @@ class Snoozes:
         if not active:
             self.until.pop(camera, None)
             self.store.snooze(camera, 0, None)
-        await self.bus.publish(f"homelab/cameras/{camera}/snooze", orjson.dumps(
+        await self.bus.publish(camera_topics(camera)["snooze"], orjson.dumps(
             {"snoozed": active, "until": until if active else None, "by": by if active else None}), retain=True)
         old = self._expiries.pop(camera, None)
         if old is not None and old is not asyncio.current_task():
