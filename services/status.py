@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -20,6 +22,7 @@ import httpx
 import orjson
 
 from services.table import SERVICE_TABLE
+from shared import admin_token
 from shared.bus import payload_bytes
 from shared.settings import Settings, parse_mqtt_url
 
@@ -86,8 +89,11 @@ async def collect(settings: Settings, router_url: str, listen: float = LISTEN) -
 
     base = router_url.rstrip("/").removesuffix("/v1")
     try:
+        # with the lab's admin token /stats says everything (errors with their addresses); without, counts
+        token = admin_token.resolve(Path(os.environ.get("HOMELAB_STATE_DIR") or "state"))
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with httpx.AsyncClient(timeout=3) as client:
-            stats = (await client.get(base + "/stats")).raise_for_status().json()
+            stats = (await client.get(base + "/stats", headers=headers)).raise_for_status().json()
         out["router"] = {"url": router_url, "ok": True, "uptime_s": stats.get("uptime_s")}
         if stats.get("open_to_network"):
             warnings.append("the router listens beyond this machine with no clients: in its policy: anyone who "
@@ -96,6 +102,9 @@ async def collect(settings: Settings, router_url: str, listen: float = LISTEN) -
         for name, st in stats.get("routes", {}).items():
             routes[name] = {k: st.get(k) for k in ("healthy", "circuit", "in_flight", "max_concurrency", "drained",
                                                    "poisoned", "last_error", "continuation_effective", "tool_calls")}
+            if st.get("model_listed") is False:  # a warning: only an answer that the model is missing fails it
+                warnings.append(f"route {name}: its engine does not list the model the route names (model_listed: "
+                                "false); check the route's model against the engine's /v1/models")
             if st.get("tool_calls") == "text":  # works, but an agent sees text where a call should be
                 warnings.append(f"route {name} leaves tool calls as text ({st.get('tool_calls_seen') or 'markup'}): "
                                 "set its tool_parser in the policy")

@@ -51,9 +51,10 @@ class Accounting:
         else:
             self.metrics.failovers.labels(src, dst, cause).inc()
 
-    def upstream_failed(self, ctx: Ctx, route: str, outcome: Outcome) -> None:
+    def upstream_failed(self, ctx: Ctx, route: str, outcome: Outcome, kind: str = "failure") -> None:
+        """A route's fault (``kind``: ``failure`` before the first byte, ``mid_stream`` after it)."""
         self.metrics.upstream_errors.labels(route, outcome.cause).inc()
-        self.failures.write({"request_id": ctx.request_id, "route": route, "kind": "failure",
+        self.failures.write({"request_id": ctx.request_id, "route": route, "kind": kind,
                              "detail": outcome.detail, "retryable": outcome.retryable})
 
     def fault(self, ctx: Ctx, route: str, kind: str, cause: str, detail: str, **extra: Any) -> None:

@@ -3,15 +3,20 @@ policy and its promotion, CUDA recovery."""
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from services.router.errors import PolicyError, RequestError
-from services.router.http import check_admin, read_body
+from services.router.http import check_admin, read_body, read_raw
 from services.router.request import JSON
-from services.router.service import RouterService
+from services.router.service import RouterService, compile_candidate
 from services.router.state import RouteState
+
+# An admin body (a candidate policy, a recovery request) is small: past this it is refused at once (413).
+ADMIN_MAX_BODY = 1024 * 1024
 
 
 def _json(value: object, status: int = 200) -> Response:
@@ -37,7 +42,10 @@ def admin_api(svc: RouterService) -> APIRouter:
     @api.get("/policy")
     async def policy() -> Response:
         """The policy in force (the watchdog follows it: reloads and promotions included)."""
-        return _json(svc.policy.model_dump(mode="json", exclude={"routes": {"__all__": {"api_key"}}}))
+        doc = svc.policy.model_dump(mode="json", by_alias=True, exclude={"routes": {"__all__": {"api_key"}}})
+        for client in (doc.get("clients") or {}).values():
+            client["key_sha256"] = "<redacted>"  # a key's hash is enough to try keys against offline
+        return _json(doc)
 
     @api.post("/drain/{route}")
     async def drain(route: str) -> Response:
@@ -68,9 +76,11 @@ def admin_api(svc: RouterService) -> APIRouter:
 
     @api.post("/shadow")
     async def shadow_load(request: Request) -> Response:
-        raw = await request.body()
+        raw = await read_raw(request, ADMIN_MAX_BODY)
         try:
-            shadow = svc.load_shadow(raw.decode("utf-8", "replace"))
+            # parsing and the golden cases run off the event loop: serving never waits for them
+            candidate = await asyncio.to_thread(compile_candidate, raw.decode("utf-8", "replace"))
+            shadow = svc.load_shadow(candidate)
         except PolicyError as exc:
             raise RequestError(f"Shadow policy rejected: {exc}", code="invalid_policy") from exc
         routes = list(shadow.decider.policy.routes)
@@ -105,7 +115,7 @@ def admin_api(svc: RouterService) -> APIRouter:
 
     @api.post("/recover-cuda")
     async def recover_cuda(request: Request) -> Response:
-        body = await read_body(request, 65536)
+        body = await read_body(request, ADMIN_MAX_BODY)
         name = body.get("route") if isinstance(body, dict) else None
         if not isinstance(name, str):
             raise RequestError('Body must be {"route": "<route name>"}', param="route")

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +26,19 @@ from starlette.responses import Response
 
 from services.router import messages as anthropic
 from services.router.clients import ANONYMOUS, OPEN, Who, identify
+from services.router.decide import AUTO
 from services.router.errors import RequestError, error_body
-from services.router.http import error, is_admin, read_body
+from services.router.http import ClientGone, error, header, is_admin, read_body, watched
+from services.router.http import request_id as request_id_of
+from services.router.policy import Route
 from services.router.preflight import EmbeddingsRequest, preflight, without_nulls
 from services.router.relay import RelayResponse
-from services.router.request import JSON, Ctx
+from services.router.request import CLIENT_GONE, JSON, Ctx
 from services.router.responses import StreamTranslator, to_chat, to_response
 from services.router.service import RouterService
+from services.router.slots import Slot, take
 from services.router.sse import ChatStreamTranslator
+from services.router.state import RouteState
 from services.router.upstream import auth
 from services.router.upstream import body as upstream_body
 
@@ -86,7 +89,7 @@ class PublicAPI:
                  who: Who | None = None) -> str:
         """A request refused before it was decided: its own decision-log line and count (``client``
         "unknown" when no key was recognised — never the key)."""
-        rid = request_id or uuid.uuid4().hex[:16]
+        rid = request_id or request_id_of(request)
         svc = self.svc
         svc.metrics.requests.labels("", "", reason, str(status)).inc()
         client = who.name if who is not None else ANONYMOUS if svc.policy.clients is None else "unknown"
@@ -114,10 +117,17 @@ class PublicAPI:
         acct = self.svc.acct
 
         async def endpoint(request: Request) -> Response:
-            rec = Rec(os.urandom(8).hex(), time.perf_counter())
+            rec = Rec(request_id_of(request), time.perf_counter())
             try:
                 rec.who = identify(self.svc.policy, request)
                 resp = await answer(request, rec)
+            except ClientGone as exc:
+                # Nobody is left to answer: the line says so (499), the slot is already free.
+                resp = Response(b"", status_code=CLIENT_GONE, headers={"X-Request-Id": rec.request_id})
+                if rec.ctx is None:
+                    self.rejected(request, CLIENT_GONE, "client_disconnected", str(exc), rec.request_id, rec.who)
+                    return resp
+                rec.ctx.events.append("client_disconnected")
             except RequestError as exc:
                 body = shape(exc.status, exc.message) if shape is not None else exc.body()
                 resp = Response(orjson.dumps(body), status_code=exc.status, media_type=JSON,
@@ -146,7 +156,7 @@ class PublicAPI:
         svc = self.svc
         pre = preflight(chat_body)
         decider = svc.decider
-        header_route = request.headers.get("x-homelab-route")
+        header_route = header(request, "x-homelab-route")
         decision = decider.decide(
             model=pre.model, text=pre.text, has_image=pre.has_image, tokens=pre.tokens,
             header_route=header_route, metadata_bucket=pre.metadata.get("homelab_bucket"),
@@ -158,7 +168,7 @@ class PublicAPI:
             raise RequestError(f"Client '{who.name}' may not use route '{decision.route}' (its routes: "
                                f"{', '.join(sorted(who.routes or ()))})", status=403, type_="permission_error",
                                code="route_not_allowed")
-        session = request.headers.get("x-claude-code-session-id") or pre.user
+        session = header(request, "x-claude-code-session-id") or pre.user
         rec.ctx = Ctx(rec.request_id, chat_body, pre, decision, decider.policy, rec.started, **extra, who=who,
                       session=session)
         return rec.ctx
@@ -169,7 +179,7 @@ class PublicAPI:
         body = without_nulls(await read_body(request, self.svc.settings.max_body))
         ctx = self.decided(request, rec, body)
         assert self.svc.dispatcher is not None
-        return await self.svc.dispatcher.chat(ctx)
+        return await watched(request, self.svc.dispatcher.chat(ctx))
 
     async def responses(self, request: Request, rec: Rec) -> Response:
         """The Responses API, routed by the same policy (translated to Chat Completions unless native)."""
@@ -178,7 +188,7 @@ class PublicAPI:
         ctx = self.decided(request, rec, tr.chat, endpoint="/v1/responses", api="responses", original=body)
         ctx.events.extend(tr.notes)
         assert self.svc.dispatcher is not None
-        resp = await self.svc.dispatcher.chat(ctx)
+        resp = await watched(request, self.svc.dispatcher.chat(ctx))
         final = ctx.policy.routes.get(ctx.final_route or "")
         if resp.status_code != 200 or final is None or ctx.native(final):
             return resp  # an error (OpenAI-shaped), or the engine's own Responses answer
@@ -195,7 +205,7 @@ class PublicAPI:
         if request.headers.get("anthropic-beta"):
             ctx.events.append("dropped:anthropic-beta")
         assert self.svc.dispatcher is not None
-        resp = await self.svc.dispatcher.chat(ctx)
+        resp = await watched(request, self.svc.dispatcher.chat(ctx))
         headers = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-")}
         if resp.status_code != 200:
             return self._anthropic_error(resp, rec.request_id, headers)
@@ -243,29 +253,59 @@ class PublicAPI:
         policy = svc.policy
         name = policy.embeddings_route or policy.image_route
         route = policy.routes[name]
+        st = svc.states[name]
         assert svc.session is not None
         headers = {"X-Homelab-Route": name, "X-Homelab-Reason": "embeddings_route", "X-Request-Id": rec.request_id}
         who = rec.who or OPEN
         record: dict[str, Any] = {"request_id": rec.request_id, "endpoint": "/v1/embeddings", "model": body["model"],
                                   "route": name, "reason": "embeddings_route", "client": who.name}
+        # the same admission as a chat request: the cap, drain, circuit, reserved slots, the client's routes
+        slot = take(name, route, st, cooldown=policy.health.circuit_cooldown, who=who)
+        if not isinstance(slot, Slot):
+            if slot == "not_allowed":
+                raise RequestError(f"Client '{who.name}' may not use route '{name}', the lab's embeddings route",
+                                   status=403, type_="permission_error", code="route_not_allowed")
+            why = {"down": f"it is {st.why_unavailable()}", "drained": "it is drained",
+                   "saturated": f"it is at its cap of {route.max_concurrency}",
+                   "reserved": "its free slots are reserved for other clients"}.get(slot, slot)
+            record["reason"] = f"{name}_{slot}"
+            resp = error(503, f"Embeddings route '{name}' cannot take the request: {why}", type_="server_error",
+                         code="upstream_unavailable", headers={**headers, "Retry-After": "1"})
+        else:
+            resp = await watched(request, self._embed(rec, name, route, st, slot, body, headers, record))
+        svc.metrics.requests.labels(name, "", record["reason"], str(resp.status_code)).inc()
+        svc.metrics.client_requests.labels(who.name, name).inc()
+        svc.decisions.write({**record, "status": resp.status_code,
+                             "latency_ms": round((time.perf_counter() - rec.started) * 1000, 3)})
+        return resp
+
+    async def _embed(self, rec: Rec, name: str, route: Route, st: RouteState, slot: Slot, body: dict[str, Any],
+                     headers: dict[str, str], record: dict[str, Any]) -> Response:
+        """One embeddings call on the slot taken for it: a fault counts on the route like any other."""
+        svc = self.svc
+        assert svc.session is not None
+        health = svc.policy.health
         try:
             async with asyncio.timeout(route.request_timeout):
                 async with svc.session.post(route.embeddings_url,
                                             data=upstream_body(orjson.dumps({**body, "model": route.model})),
                                             headers={"Content-Type": JSON, **auth(route.api_key)}) as r:
                     raw = await r.read()
-                    resp = Response(raw, status_code=r.status, media_type=JSON, headers=headers)
+                    status = r.status
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            svc.failures.write({"request_id": rec.request_id, "route": name, "kind": "embeddings",
-                                "detail": f"{type(exc).__name__}: {exc}"})
-            record["error"] = f"{type(exc).__name__}: {exc}"
-            resp = error(503, f"Embeddings route '{name}' is unavailable: {type(exc).__name__}",
+            detail = f"{type(exc).__name__}: {exc}"
+            st.record_failure(detail, health.failure_threshold)
+            svc.failures.write({"request_id": rec.request_id, "route": name, "kind": "embeddings", "detail": detail})
+            record["error"] = detail
+            return error(503, f"Embeddings route '{name}' is unavailable: {type(exc).__name__}",
                          type_="server_error", code="upstream_unavailable", headers=headers)
-        svc.metrics.requests.labels(name, "", "embeddings_route", str(resp.status_code)).inc()
-        svc.metrics.client_requests.labels(who.name, name).inc()
-        svc.decisions.write({**record, "status": resp.status_code,
-                             "latency_ms": round((time.perf_counter() - rec.started) * 1000, 3)})
-        return resp
+        finally:
+            slot.release()
+        if status >= 500:
+            st.record_failure(f"embeddings: http_{status}", health.failure_threshold)
+        elif status == 200:
+            st.record_success()
+        return Response(raw, status_code=status, media_type=JSON, headers=headers)
 
     async def models(self, request: Request) -> Response:
         """Every name the router answers to; a pinned name carries its route's ``context_length`` (the
@@ -274,15 +314,24 @@ class PublicAPI:
         identify(svc.policy, request)  # a lab with clients answers only them
         now = int(svc.started)
         decider = svc.decider
+        policy = decider.policy
+
+        def context(route: str) -> int | None:
+            st = svc.states.get(route)
+            return (st.max_model_len if st else None) or policy.routes[route].context_length
+
+        # homelab/auto: the largest context a decision can reach (a bucket's route, or a size promotion's)
+        auto_routes = {policy.unknown_route, *(b.route for b in policy.buckets.values())}
+        if policy.size_promotions is not None:
+            auto_routes.update(r for row in policy.size_promotions.table.values() for r in row)
+        auto = max((c for c in map(context, auto_routes) if c), default=None)
         data = []
         for m in decider.catalog():
             entry: dict[str, Any] = {"id": m, "object": "model", "created": now, "owned_by": "homelab"}
             route = decider.alias(m) or decider.served.get(m)
-            if route is not None:
-                st = svc.states.get(route)
-                context = (st.max_model_len if st else None) or svc.policy.routes[route].context_length
-                if context:
-                    entry["context_length"] = context
+            found = auto if m == AUTO else context(route) if route is not None else None
+            if found:
+                entry["context_length"] = found
             data.append(entry)
         return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
 

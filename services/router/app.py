@@ -4,6 +4,7 @@ the hot path."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import orjson
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from services.router.admin import admin_api
 from services.router.api import PublicAPI, mount
@@ -21,6 +22,8 @@ from services.router.http import error
 from services.router.policy import load_policy
 from services.router.request import JSON
 from services.router.service import RouterService, RouterSettings, compile_policy
+
+log = logging.getLogger("homelab.router.app")
 
 __all__ = ["RouterApp", "RouterService", "RouterSettings", "compile_policy", "create_app"]
 
@@ -36,13 +39,35 @@ class RouterApp(FastAPI):
         self.fast_routes: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
             handler = self.fast_routes.get((scope["method"], scope["path"]))
             if handler is not None:
                 response = await handler(Request(scope, receive))
-                await response(scope, receive, send)
+                await response(scope, receive, tracked)
                 return
-        await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, tracked)
+        except Exception:
+            # Already answered as a 500 by the exception handler (which logged it): the exception stops
+            # here, so the ASGI server never resets the client's keep-alive connection over it.
+            if not started:
+                log.exception("unanswered exception on %s %s", scope["method"], scope["path"])
+                body = orjson.dumps({"error": {"message": "Internal error in homelab-router", "type": "server_error",
+                                               "code": "internal_error"}})
+                await send({"type": "http.response.start", "status": 500,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
 
 
 def create_app(settings: RouterSettings, decider: Decider | None = None) -> FastAPI:

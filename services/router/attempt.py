@@ -18,13 +18,15 @@ import orjson
 from starlette.responses import Response
 
 from services.router.accounting import Accounting
+from services.router.budget import too_small, window
 from services.router.camera_output import is_camera_triage, validate_camera
 from services.router.continuation import Continuation
 from services.router.errors import error_body
 from services.router.outcomes import ErrorBody, Outcome, UpstreamFault, classify, error_answer, hangup
 from services.router.policy import Route
 from services.router.relay import RelayResponse, StreamTrack, consume, done_with
-from services.router.request import DONE, FINISH_GRACE, JSON, Ctx
+from services.router.request import CLIENT_GONE, DONE, FINISH_GRACE, JSON, Ctx
+from services.router.slots import Slot, take
 from services.router.sse import SSEReader, join
 from services.router.state import RouteState
 from services.router.tool_repair import StreamRepair, fix_answer, format_for
@@ -48,10 +50,6 @@ def error_response(ctx: Ctx, name: str, outcome: Outcome) -> Response:
     return Response(body, status_code=status, media_type=JSON, headers=ctx.headers(name))
 
 
-# A Messages request's max_tokens when the route's context is not known (Claude Code asks for 128,000).
-DEFAULT_CONTEXT = 32_768
-
-
 def clamped_max_tokens(ctx: Ctx, route: Route, st: RouteState) -> int | None:
     """An Anthropic client's ``max_tokens`` cut to what the route's context leaves after the prompt
     (never a 400 for asking too much); None when it fits, or for the OpenAI APIs (their clients get
@@ -61,11 +59,9 @@ def clamped_max_tokens(ctx: Ctx, route: Route, st: RouteState) -> int | None:
     asked = (ctx.original or {}).get("max_tokens")
     if not isinstance(asked, int):
         return None
-    context = st.max_model_len or route.context_length or DEFAULT_CONTEXT
-    room = max(1, context - ctx.pre.tokens)
+    room = window(route, st) - ctx.pre.tokens
     if asked <= room:
         return None
-    ctx.events.append(f"max_tokens_clamped:{asked}->{room}")
     return room
 
 
@@ -78,63 +74,69 @@ class Attempts:
         self.continuation = Continuation(upstream, acct, states)
         self.on_poisoned = on_poisoned
 
-    async def with_retry(self, ctx: Ctx, route: Route, st: RouteState) -> Outcome:
-        """Attempt ``route``; once more after a transient fault or a short Retry-After."""
+    async def with_retry(self, ctx: Ctx, route: Route, st: RouteState, slot: Slot) -> Outcome:
+        """Attempt ``route`` with the slot the walk took; once more after a transient fault or a short
+        Retry-After — the second try takes its slot again through the same admission as the first."""
         health = ctx.policy.health
         retried = honoured_429 = False
         name = ctx.path[-1]
         while True:
-            trial = st.take()
-            released = False
             room = st.in_flight < route.max_concurrency  # others in flight below the cap, this one aside
             t0 = time.perf_counter()
             attempt: dict[str, Any] = {"route": name, "outcome": "ok"}
             ctx.attempts.append(attempt)
-
-            def release(trial: bool = trial) -> None:
-                nonlocal released
-                if not released:
-                    released = True
-                    st.give_back(trial)
-
             try:
-                outcome = await self._attempt(ctx, name, route, st, release)
+                outcome = await self._attempt(ctx, name, route, st, slot)
             except BaseException:
-                release()
+                slot.release()  # a client that left (cancelled), or a bug: the slot is never kept
                 raise
             if not (outcome.kind == "ok" and ctx.pre.stream):
-                release()  # a committed stream releases its slot when the client's response closes
+                slot.release()  # a committed stream releases its slot when the client's response closes
             if outcome.kind != "ok":
                 attempt.update(outcome=outcome.kind, detail=outcome.detail[:300],
                                ms=round((time.perf_counter() - t0) * 1000, 3))
-            if outcome.kind == "fail":
-                st.record_failure(outcome.detail, health.failure_threshold)
-                self.acct.upstream_failed(ctx, name, outcome)
-                if outcome.retryable and not retried and st.circuit != "open":
-                    retried = True
-                    backoff = random.uniform(health.retry_backoff_min, health.retry_backoff_max)
-                    attempt["backoff_ms"] = round(backoff * 1000, 1)
-                    ctx.events.append(f"retry:{name}")
-                    await asyncio.sleep(backoff)
-                    ctx.path.append(name)
-                    continue
-            elif outcome.kind == "poisoned":
-                await self._poison(ctx, name, st, outcome)
-            elif outcome.kind == "busy":
-                if outcome.status == 503 and room:
-                    # Busy with room to spare is not busy: an upstream that 503s everything is down.
-                    st.record_failure(outcome.detail, health.failure_threshold)
-                    self.metrics.upstream_errors.labels(name, outcome.cause).inc()
-                if outcome.retry_after is not None and not honoured_429 \
-                        and outcome.retry_after <= health.retry_after_max:
-                    honoured_429 = True
-                    ctx.events.append(f"retry_after:{name}:{outcome.retry_after}")
-                    await asyncio.sleep(outcome.retry_after)
-                    ctx.path.append(name)
-                    continue
-            elif outcome.kind == "client" and trial:
+            await self.failed(ctx, name, st, outcome, room=room)
+            wait: float | None = None
+            if outcome.kind == "fail" and outcome.retryable and not retried:
+                retried = True
+                wait = random.uniform(health.retry_backoff_min, health.retry_backoff_max)
+                attempt["backoff_ms"] = round(wait * 1000, 1)
+                ctx.events.append(f"retry:{name}")
+            elif outcome.kind == "busy" and outcome.retry_after is not None and not honoured_429 \
+                    and outcome.retry_after <= health.retry_after_max:
+                honoured_429 = True
+                wait = outcome.retry_after
+                ctx.events.append(f"retry_after:{name}:{outcome.retry_after}")
+            elif outcome.kind == "client" and slot.trial:
                 st.record_success()  # the engine answered: the trial proves the route works
+            if wait is None:
+                return outcome
+            await asyncio.sleep(wait)
+            again = take(name, route, st, pinned=ctx.pinned(name), has_image=ctx.pre.has_image,
+                         cooldown=health.circuit_cooldown, who=ctx.who)
+            if isinstance(again, Slot):
+                slot = again
+                ctx.path.append(name)
+                continue
+            # Refused now (full, drained, its circuit open): the walk goes on as for that refusal.
+            ctx.events.append(f"retry_refused:{name}:{again}")
+            if again in ("saturated", "reserved"):
+                return Outcome.failed(again, f"{name} is at its cap of {route.max_concurrency}", kind="busy")
             return outcome
+
+    async def failed(self, ctx: Ctx, name: str, st: RouteState, outcome: Outcome, *, room: bool = True,
+                     where: str = "failure") -> None:
+        """The one failure path: every fault of a route, before or after the first byte, counts here."""
+        health = ctx.policy.health
+        if outcome.kind == "fail":
+            st.record_failure(outcome.detail, health.failure_threshold)
+            self.acct.upstream_failed(ctx, name, outcome, kind=where)
+        elif outcome.kind == "poisoned":
+            await self._poison(ctx, name, st, outcome)
+        elif outcome.kind == "busy" and outcome.status == 503 and room:
+            # Busy with room to spare is not busy: an upstream that 503s everything is down.
+            st.record_failure(outcome.detail, health.failure_threshold)
+            self.acct.upstream_failed(ctx, name, outcome, kind=where)
 
     async def _poison(self, ctx: Ctx, name: str, st: RouteState, outcome: Outcome) -> None:
         st.poisoned = True
@@ -145,15 +147,21 @@ class Attempts:
         if self.on_poisoned is not None:
             await self.on_poisoned(name, outcome.detail)
 
-    async def _attempt(self, ctx: Ctx, name: str, route: Route, st: RouteState,
-                       release: Callable[[], None]) -> Outcome:
-        payload = self.upstream.payload(ctx, route, max_tokens=clamped_max_tokens(ctx, route, st))
+    async def _attempt(self, ctx: Ctx, name: str, route: Route, st: RouteState, slot: Slot) -> Outcome:
+        max_tokens = clamped_max_tokens(ctx, route, st)
+        if max_tokens is not None:
+            floor = ctx.policy.min_output_tokens
+            if max_tokens < floor:
+                return too_small(name, route, st, ctx.pre.tokens, max_tokens, floor)
+            ctx.events.append(f"max_tokens_clamped:{(ctx.original or {}).get('max_tokens')}->{max_tokens}")
+        payload = self.upstream.payload(ctx, route, max_tokens=max_tokens)
         if ctx.pre.stream:
-            return await self._stream(ctx, name, route, st, payload, release)
+            return await self._stream(ctx, name, route, st, payload, slot)
         return await self._plain(ctx, name, route, st, payload)
 
-    def _answered(self, ctx: Ctx, name: str, st: RouteState) -> None:
-        st.record_success()
+    @staticmethod
+    def _answered(ctx: Ctx, name: str) -> None:
+        """The client's answer comes from this route (success is recorded when it is complete)."""
         ctx.status = 200
         ctx.error = None  # an earlier hop's error is in ``attempts``, not the request's
         ctx.final_route = name
@@ -186,11 +194,12 @@ class Attempts:
                 usage = orjson.loads(raw).get("usage")
                 if isinstance(usage, dict):
                     ctx.attempts[-1]["usage"] = usage
-        self._answered(ctx, name, st)
+        self._answered(ctx, name)
+        st.record_success()
         return Outcome("ok", response=Response(raw, media_type=JSON, headers=ctx.headers(name)))
 
     async def _stream(self, ctx: Ctx, name: str, route: Route, st: RouteState, payload: bytes,
-                      release: Callable[[], None]) -> Outcome:
+                      slot: Slot) -> Outcome:
         t0 = time.perf_counter()
         resp: aiohttp.ClientResponse | None = None
         buffered: list[bytes] = []
@@ -253,26 +262,28 @@ class Attempts:
         self.metrics.ttft.labels(name).observe(ttft)
         self.metrics.upstream.labels(name).observe(ttft)
         ctx.ttfb = time.perf_counter() - ctx.started
-        self._answered(ctx, name, st)
+        self._answered(ctx, name)
         headers = ctx.headers(name)
         headers["Cache-Control"] = "no-cache"
         if first_end is True:
             # The whole answer came in the first read (a short answer, a fast engine): one plain
             # response, no relay to run, the slot and the upstream connection free at once.
-            release()
+            slot.release()
+            st.record_success()
             done_with(resp)
             self._usage(ctx, track)
             if repair is not None:
                 buffered = repair.events(buffered) + repair.finish()
             return Outcome("ok", response=Response(join(buffered) + DONE, media_type="text/event-stream",
                                                    headers=headers))
-        gen = self._relay(ctx, name, route, resp, sse, buffered, track, first_end, repair)
+        gen = self._relay(ctx, name, route, st, slot, resp, sse, buffered, track, first_end, repair)
 
         def on_close() -> None:
-            release()
+            slot.release()
             done_with(resp, finished=ctx.status == 200 and ctx.logged and ctx.final_route == name)
             if not ctx.logged:  # the client left before the answer ended
                 ctx.events.append("client_disconnected")
+                ctx.status = CLIENT_GONE
                 self.acct.finish(ctx)
 
         return Outcome("ok", response=RelayResponse(gen, on_close, headers))
@@ -282,13 +293,15 @@ class Attempts:
         if track.usage is not None and ctx.attempts:
             ctx.attempts[-1]["usage"] = track.usage
 
-    def _completed(self, ctx: Ctx, name: str, track: StreamTrack) -> None:
-        """A relayed stream that ended well: its line is written before the last bytes go out, so a
-        client that reads the log after [DONE] finds it."""
+    def _completed(self, ctx: Ctx, name: str, st: RouteState, track: StreamTrack) -> None:
+        """A relayed stream that ended well: the route's success, and its line written before the last
+        bytes go out, so a client that reads the log after [DONE] finds it."""
+        st.record_success()
         self._usage(ctx, track)
         self.acct.finish(ctx, name)
 
-    async def _relay(self, ctx: Ctx, name: str, route: Route, resp: aiohttp.ClientResponse, sse: SSEReader,
+    async def _relay(self, ctx: Ctx, name: str, route: Route, st: RouteState, slot: Slot,
+                     resp: aiohttp.ClientResponse, sse: SSEReader,
                      buffered: list[bytes], track: StreamTrack, first_end: UpstreamFault | bool | None,
                      repair: StreamRepair | None) -> AsyncIterator[bytes]:
         fault: UpstreamFault | None = first_end if isinstance(first_end, UpstreamFault) else None
@@ -320,17 +333,17 @@ class Attempts:
                     if not track.finished:
                         raise UpstreamFault("stream_cut", "upstream closed the stream mid-answer")
                     if track.native:  # a Responses or Messages stream ends with its own last event, no [DONE]
-                        self._completed(ctx, name, track)
+                        self._completed(ctx, name, st, track)
                         return
                     ctx.events.append("finalised_without_done")
                     last = fixed([], done=True)
-                    self._completed(ctx, name, track)
+                    self._completed(ctx, name, st, track)
                     yield join(last) + DONE
                     return
                 out, done, fault = consume(track, batch)
                 if done:
                     out = fixed(out, done=True)
-                    self._completed(ctx, name, track)
+                    self._completed(ctx, name, st, track)
                     yield join(out) + DONE
                     return
                 out = fixed(out)
@@ -347,16 +360,18 @@ class Attempts:
             self.metrics.internal_errors.labels("relay").inc()
             ctx.status, ctx.error = 500, f"internal error: {type(exc).__name__}"
             self.acct.finish(ctx, name)
-            yield b"data: " + orjson.dumps(error_body(
-                f"Internal error in homelab-router (request {ctx.request_id})", type_="server_error",
-                code="internal_error")) + b"\n\n"
+            yield in_band_error(track.native, ctx.request_id,
+                                f"Internal error in homelab-router (request {ctx.request_id})", "internal_error")
             return
         assert fault is not None
-        # Mid-stream failure: never a truncated success.
+        # Mid-stream failure: never a truncated success. It is the route's fault like any other (the
+        # one failure path: the circuit counts it, CUDA words poison it), and its slot and connection
+        # go back before the answer is finished elsewhere.
         resp.close()
+        slot.release()
         if repair is not None and repair.holding:
             track.tool_calls = True  # cut inside a call: never continued mid-call, never half a call
-        self.acct.fault(ctx, name, "mid_stream", fault.kind, f"{fault.kind}: {fault.detail}")
+        await self.failed(ctx, name, st, fault_outcome(fault), where="mid_stream")
         ctx.events.append(f"mid_stream:{name}:{fault.kind}")
         if ctx.attempts:
             ctx.attempts[-1].update(outcome="cut", detail=f"{fault.kind}: {fault.detail}"[:300],
@@ -369,6 +384,30 @@ class Attempts:
             ctx.status = 502
             ctx.error = f"{fault.kind}: {fault.detail}"
             msg = f"The upstream '{name}' failed mid-answer ({fault.kind}: {fault.detail}); the answer is incomplete."
-            body = error_body(msg, type_="server_error", code="upstream_stream_failed")
             self.acct.finish(ctx, name)
-            yield b"data: " + orjson.dumps(body) + b"\n\n"
+            yield in_band_error(track.native, ctx.request_id, msg, "upstream_stream_failed")
+
+
+def fault_outcome(fault: UpstreamFault) -> Outcome:
+    """A fault after the first byte, read like one before it: an in-band error by its words (CUDA text
+    poisons the route), a cut, stall or malformed chunk as a failure of the route."""
+    if fault.kind == "stream_error":
+        outcome = classify(200, ErrorBody.of_message(fault.detail))
+        if outcome.kind in ("poisoned", "fail"):
+            return outcome
+    return Outcome.failed(fault.kind, fault.detail)
+
+
+def in_band_error(native: str | None, request_id: str, message: str, code: str) -> bytes:
+    """The last event of a stream that failed, in the shape of the API the client speaks: OpenAI's
+    ``data: {"error": …}``, Anthropic's ``event: error``, or the Responses API's failure events."""
+    if native == "messages":
+        ev = {"type": "error", "error": {"type": "api_error", "message": message}}
+        return b"event: error\ndata: " + orjson.dumps(ev) + b"\n\n"
+    if native == "responses":
+        err = {"code": "server_error", "message": message}
+        failed = {"type": "response.failed", "response": {"id": f"resp_{request_id}", "object": "response",
+                                                          "status": "failed", "error": err, "output": []}}
+        return (b"event: error\ndata: " + orjson.dumps({"type": "error", **err, "param": None}) + b"\n\n"
+                + b"event: response.failed\ndata: " + orjson.dumps(failed) + b"\n\n")
+    return b"data: " + orjson.dumps(error_body(message, type_="server_error", code=code)) + b"\n\n"

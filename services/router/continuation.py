@@ -16,11 +16,13 @@ import aiohttp
 import orjson
 
 from services.router.accounting import Accounting
+from services.router.budget import asked, text_tokens, window
 from services.router.errors import error_body
 from services.router.outcomes import ErrorBody, UpstreamFault
 from services.router.policy import Route
 from services.router.relay import StreamTrack
 from services.router.request import DONE, Ctx
+from services.router.slots import Slot, take
 from services.router.sse import SSEReader, join, with_data
 from services.router.state import RouteState
 from services.router.upstream import Upstream
@@ -98,24 +100,50 @@ class Continuation:
         self._states = states
 
     async def answer(self, ctx: Ctx, name: str, route: Route, track: StreamTrack) -> AsyncIterator[bytes]:
-        """Finish the answer on the failover route, in the modes it allows (prefill first, then instruct)."""
+        """Finish the answer on the failover route, in the modes it allows (prefill first, then instruct).
+
+        The failover's slot is taken through the same admission as any request (its cap, drain, circuit,
+        the slots it reserves for other classes, the client's routes) and held once for both modes.
+        """
         target = route.failover
         policy = ctx.policy
         if target is None or track.tool_calls or track.native:
             return
         troute = policy.routes[target]
         st = self._states().get(target)
-        if (st is None or st.drained or not st.available(policy.health.circuit_cooldown)
-                or st.in_flight >= troute.max_concurrency or (ctx.pre.has_image and not troute.vision)):
+        if st is None:
             return
-        modes = [m for m in troute.continuation if m not in st.continuation_blocked]
-        for mode in modes:
-            state: dict[str, Any] = {}
-            async for chunk in self._once(ctx, name, target, troute, st, track, mode, state):
-                yield chunk
-            if not state.get("rejected"):
-                return  # answered, or failed after output (an error event went out), or failed hard
-            ctx.events.append(f"continuation_rejected:{target}:{mode}")
+        got = take(target, troute, st, has_image=ctx.pre.has_image, cooldown=policy.health.circuit_cooldown,
+                   who=ctx.who)
+        if not isinstance(got, Slot):
+            ctx.events.append(f"continuation_refused:{target}:{got}")
+            return
+        try:
+            for mode in [m for m in troute.continuation if m not in st.continuation_blocked]:
+                state: dict[str, Any] = {}
+                async for chunk in self._once(ctx, name, target, troute, st, track, mode, state):
+                    yield chunk
+                if not state.get("rejected"):
+                    return  # answered, or failed after output (an error event went out), or failed hard
+                ctx.events.append(f"continuation_rejected:{target}:{mode}")
+        finally:
+            got.release()
+
+    def _limit(self, ctx: Ctx, target: str, troute: Route, st: RouteState, track: StreamTrack,
+               added: str) -> dict[str, int] | None:
+        """The output limit the continuation asks for: what the client asked, less what it already has,
+        within what the failover's context leaves after the prompt it is sent (the partial answer and
+        any turn of the router's own included). None: no room worth asking for."""
+        want = asked(ctx.body)
+        if want is None:
+            return {}  # the client set no limit: the engine stops at its context, as it would have
+        key, n = want
+        rest = max(1, n - track.deltas)
+        room = window(troute, st) - ctx.pre.tokens - text_tokens(added)
+        if min(rest, room) < min(ctx.policy.min_output_tokens, rest):
+            ctx.events.append(f"continuation_no_room:{target}:{max(room, 0)}")
+            return None
+        return {key: min(rest, room)}
 
     async def _once(self, ctx: Ctx, name: str, target: str, troute: Route, st: RouteState,
                     track: StreamTrack, mode: str, state: dict[str, Any]) -> AsyncIterator[bytes]:
@@ -124,16 +152,21 @@ class Continuation:
             extra: dict[str, Any] = {
                 "messages": [*ctx.body["messages"], {"role": "assistant", "content": partial}],
                 "continue_final_message": True, "add_generation_prompt": False}
+            added = partial
         else:
             extra = {"messages": [*ctx.body["messages"], {"role": "assistant", "content": partial},
                                   {"role": "user", "content": CONTINUE_INSTRUCTION}]}
+            added = partial + CONTINUE_INSTRUCTION
+        limit = self._limit(ctx, target, troute, st, track, added)
+        if limit is None:
+            return
+        extra.update(limit)
         extra["stream_options"] = {"include_usage": True}
         payload = self.upstream.payload(ctx, troute, extra)
         want_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
         attempt: dict[str, Any] = {"route": target, "outcome": "fail", "mode": mode}
         ctx.attempts.append(attempt)
         t0 = time.perf_counter()
-        trial = st.take()
         resp: aiohttp.ClientResponse | None = None
         started = False
         try:
@@ -212,7 +245,6 @@ class Continuation:
                 yield b"data: " + orjson.dumps(
                     error_body(msg, type_="server_error", code="upstream_stream_failed")) + b"\n\n"
         finally:
-            st.give_back(trial)
             if resp is not None:
                 resp.close()
 

@@ -3,11 +3,14 @@ the admin token check."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from typing import Any
+import os
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from services.router.errors import RequestError, error_body
@@ -15,6 +18,30 @@ from services.router.request import JSON
 
 # Deeper JSON than any real request nests; orjson re-encodes at most 254 levels.
 MAX_DEPTH = 128
+T = TypeVar("T")
+
+
+# A header value is written to the decision log at most this long (a 64 KB header is someone's mistake).
+MAX_LOGGED_HEADER = 512
+MAX_REQUEST_ID = 128
+
+
+def header(request: Request, name: str) -> str | None:
+    """A request header's value as the router keeps it (cut to what the log may hold), or None."""
+    value = request.headers.get(name)
+    return value[:MAX_LOGGED_HEADER] if value else None
+
+
+def request_id(request: Request) -> str:
+    """The client's own ``X-Request-Id`` (at most 128 printable ASCII characters), else a new one."""
+    given = request.headers.get("x-request-id")
+    if given and len(given) <= MAX_REQUEST_ID and given.isascii() and given.isprintable() and given.strip():
+        return given
+    return os.urandom(8).hex()
+
+
+class ClientGone(Exception):
+    """The client hung up (mid-upload, or while its answer was being made): nobody to answer."""
 
 
 def error(status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
@@ -52,19 +79,57 @@ def parse_json(raw: bytes) -> Any:
 
 
 async def read_body(request: Request, limit: int) -> Any:
+    return parse_json(await read_raw(request, limit))
+
+
+async def read_raw(request: Request, limit: int) -> bytes:
+    """The body's bytes, at most ``limit`` (a 413 at once when Content-Length says more); a client
+    that hangs up mid-upload is :class:`ClientGone`, never an internal error."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise RequestError(f"Request body of {length} bytes is over the limit of {limit} bytes",
                            status=413, code="request_too_large")
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(f"Request body is over the limit of {limit} bytes", status=413,
-                               code="request_too_large")
-        chunks.append(chunk)
-    return parse_json(b"".join(chunks))
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(f"Request body is over the limit of {limit} bytes", status=413,
+                                   code="request_too_large")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise ClientGone(f"the client hung up after {size} bytes of its body") from exc
+    return b"".join(chunks)
+
+
+async def watched(request: Request, work: Awaitable[T]) -> T:
+    """``work`` (the request's answer being made, its body already read), cancelled the moment the
+    client hangs up: the upstream call is dropped and the slot freed at once (:class:`ClientGone`)."""
+    task = asyncio.ensure_future(work)
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            pass
+        raise ClientGone("the client hung up before its answer was ready")
+    return task.result()
 
 
 def check_admin(request: Request, token: str | None) -> None:

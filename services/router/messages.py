@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from services.router.errors import RequestError
+from services.router.preflight import check_schema
 from services.router.sse import ChatStreamTranslator
 
 DROPPED_FIELDS = ("thinking", "context_management", "output_config", "container", "mcp_servers", "service_tier")
@@ -199,8 +200,11 @@ def to_chat(body: Any, *, for_count: bool = False) -> Translation:
             continue
         if "cache_control" in t:
             _note(notes, "dropped:cache_control")
-        fn: dict[str, Any] = {"name": str(t["name"]),
-                              "parameters": t.get("input_schema") or {"type": "object", "properties": {}}}
+        schema = t.get("input_schema") or {"type": "object", "properties": {}}
+        if not isinstance(schema, dict):
+            raise _bad(f"tools.{j}.input_schema", "a JSON schema (an object) is expected")
+        check_schema(schema, f"tools.{j}.input_schema")
+        fn: dict[str, Any] = {"name": str(t["name"]), "parameters": schema}
         if t.get("description"):
             fn["description"] = str(t["description"])
         tools.append({"type": "function", "function": fn})

@@ -201,6 +201,9 @@ class Policy(_Strict):
     health: Health = Health()
     # who may use the lab (absent: anyone who reaches it, as "anonymous")
     clients: dict[str, Client] | None = None
+    # the fewest output tokens worth sending a request for: a route whose context leaves less after the
+    # prompt (a clamped max_tokens, a continuation) is skipped for a larger one, or the client gets a 400
+    min_output_tokens: PositiveInt = 256
 
     @model_validator(mode="after")
     def _references(self) -> Policy:
@@ -294,10 +297,30 @@ def _format_error(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
+# Deeper YAML than any policy nests (the example nests 4): a hostile document cannot exhaust the stack.
+MAX_YAML_DEPTH = 32
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a nesting limit (its composer recurses once per level)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                                  self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     """Parse and validate policy YAML; raise PolicyError naming the key and the problem."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_BoundedLoader)
     except yaml.YAMLError as exc:
         raise PolicyError(f"{source}: invalid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -108,6 +108,14 @@ def without_nulls(body: Any) -> Any:
     return body
 
 
+def check_schema(schema: dict[str, Any], where: str) -> None:
+    """A schema the request carries, checked before any upstream sees it: a 400 naming the field."""
+    try:
+        validator(schema)
+    except jsonschema.SchemaError as exc:
+        raise RequestError(f"Invalid request: {where}: not a valid JSON schema: {exc.message}", param=where) from exc
+
+
 def preflight(body: Any) -> Preflight:
     """Validate ``body`` (decoded JSON, nulls dropped) as a chat request; raise RequestError (400)
     when it is not one."""
@@ -124,11 +132,16 @@ def preflight(body: Any) -> Preflight:
         if schema is None:
             raise RequestError("Invalid request: response_format.json_schema.schema: a JSON schema is required",
                                param="response_format.json_schema.schema")
-        try:
-            validator(schema)
-        except jsonschema.SchemaError as exc:
-            raise RequestError(f"Invalid request: response_format.json_schema.schema: not a valid JSON schema: "
-                               f"{exc.message}", param="response_format.json_schema.schema") from exc
+        check_schema(schema, "response_format.json_schema.schema")
+    for i, tool in enumerate(req.tools or ()):
+        fn = tool.get("function")
+        params = fn.get("parameters") if isinstance(fn, dict) else None
+        if params is None:
+            continue
+        where = f"tools.{i}.function.parameters"
+        if not isinstance(params, dict):
+            raise RequestError(f"Invalid request: {where}: a JSON schema (an object) is expected", param=where)
+        check_schema(params, where)
     has_image = False
     chars = 0
     json_chars = 0

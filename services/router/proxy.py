@@ -18,9 +18,10 @@ from services.router.attempt import Attempts, error_response
 from services.router.errors import RequestError, error_body
 from services.router.outcomes import Outcome
 from services.router.request import JSON, Ctx
+from services.router.slots import Slot, take
 from services.router.state import RouteState
 from services.router.upstream import Upstream
-from services.router.walk import Cause, admission, context_next, next_route, vision_fallback
+from services.router.walk import Cause, context_next, next_route, vision_fallback
 
 
 class Dispatcher:
@@ -45,8 +46,9 @@ class Dispatcher:
             route = policy.routes[route_name]
             st = states[route_name]
             ctx.path.append(route_name)
-            skip = admission(route_name, route, st, ctx.decision, has_image=has_image,
-                             cooldown=policy.health.circuit_cooldown, who=ctx.who)
+            got = take(route_name, route, st, pinned=ctx.pinned(route_name), has_image=has_image,
+                       cooldown=policy.health.circuit_cooldown, who=ctx.who)
+            skip = None if isinstance(got, Slot) else got
             if skip == "no_vision":
                 tried.add(route_name)
                 nxt = vision_fallback(policy, tried)
@@ -76,7 +78,8 @@ class Dispatcher:
                 route_name = nxt
                 continue
 
-            outcome = await self.attempts.with_retry(ctx, route, st)
+            assert isinstance(got, Slot)
+            outcome = await self.attempts.with_retry(ctx, route, st, got)
             if outcome.kind == "ok":
                 assert outcome.response is not None
                 return outcome.response

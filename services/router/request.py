@@ -12,6 +12,7 @@ from services.router.preflight import Preflight
 
 DONE = b"data: [DONE]\n\n"
 JSON = "application/json"
+CLIENT_GONE = 499  # the status on the record of a request whose client hung up (nginx's convention)
 FINISH_GRACE = 0.5  # seconds to wait for [DONE] (or a usage chunk) after finish_reason
 
 
@@ -50,6 +51,10 @@ class Ctx:
         if self.api == "messages":
             return route.messages == "native"
         return False
+
+    def pinned(self, name: str) -> bool:
+        """Did the client name this very route (a pin passes the route's drain)?"""
+        return self.decision.pinned and name == self.decision.route
 
     def upstream_url(self, route: Route) -> str:
         if self.native(route):

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from services.router.errors import RequestError
+from services.router.preflight import check_schema
 from services.router.sse import ChatStreamTranslator
 
 PASSED = ("temperature", "top_p", "parallel_tool_calls", "metadata", "user", "seed", "stop")
@@ -127,9 +128,14 @@ def to_chat(body: Any) -> Translation:
     if body.get("stream") not in (None, True, False):
         raise RequestError("Invalid request: stream: true or false is expected", param="stream")
     tools = []
-    for t in raw_tools:
+    for j, t in enumerate(raw_tools):
         if isinstance(t, dict) and t.get("type") == "function" and t.get("name"):
-            fn = {"name": t["name"], "parameters": t.get("parameters") or {"type": "object", "properties": {}}}
+            params = t.get("parameters") or {"type": "object", "properties": {}}
+            if not isinstance(params, dict):
+                raise RequestError(f"Invalid request: tools.{j}.parameters: a JSON schema (an object) is expected",
+                                   param=f"tools.{j}.parameters")
+            check_schema(params, f"tools.{j}.parameters")
+            fn = {"name": t["name"], "parameters": params}
             if t.get("description"):
                 fn["description"] = t["description"]
             if t.get("strict") is not None:

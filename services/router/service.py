@@ -8,33 +8,54 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 
-from services.router import toolparse
 from services.router.accounting import Accounting
 from services.router.clients import open_to_network
 from services.router.decide import Decider, Decision, check_examples
 from services.router.errors import PolicyError
 from services.router.metrics import Metrics
 from services.router.mqtt_state import RouterMqtt, snapshot_of
-from services.router.policy import Policy, Route, load_policy, parse_policy
+from services.router.policy import Policy, load_policy, parse_policy
 from services.router.preflight import Preflight
+from services.router.prober import Prober
 from services.router.proxy import Dispatcher
 from services.router.shadow import Shadow, refuse_changes
 from services.router.state import RouteState
-from services.router.upstream import Upstream, auth
+from services.router.upstream import Upstream
+from shared import admin_token
 from shared.jsonl import JsonlWriter, log_dir
 
 log = logging.getLogger("homelab.router")
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
+
+
+# URLs, host:port, ('host', port) and bare IP addresses, as engines and aiohttp write them into errors
+_ADDRESS = re.compile(r"[a-z][a-z0-9+.-]*://\S+|\(\s*'[^']*',\s*\d+\s*\)|\[[0-9a-f:]+\](?::\d+)?"
+                      r"|\b(?:\d{1,3}(?:\.\d{1,3}){3}|localhost|[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z][a-z0-9-]*:\d{1,5})(?::\d{1,5})?\b",
+                      re.IGNORECASE)
+
+
+def scrub(value: Any) -> Any:
+    """A value for someone without the admin token: upstream addresses replaced by ``<upstream>``."""
+    if isinstance(value, str):
+        return _ADDRESS.sub("<upstream>", value)
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items()}
+    return value
+
+
+def compile_candidate(text: str) -> Decider:
+    """A shadow candidate's text parsed, validated and compiled (run off the event loop: it may be big)."""
+    return compile_policy(parse_policy(text, "candidate"))
 
 
 def compile_policy(policy: Policy) -> Decider:
@@ -60,44 +81,12 @@ class RouterSettings:
     def from_env(cls, policy_path: Path) -> RouterSettings:
         return cls(
             policy_path=policy_path,
-            admin_token=os.environ.get("HOMELAB_ADMIN_TOKEN") or None,
+            # HOMELAB_ADMIN_TOKEN, else the lab's own token file (state/admin_token), as `homelab` finds it
+            admin_token=admin_token.resolve(Path(os.environ.get("HOMELAB_STATE_DIR") or "state")),
             log_dir=log_dir(),
             max_body=int(os.environ.get("HOMELAB_MAX_BODY_BYTES", DEFAULT_MAX_BODY)),
             mqtt_url=os.environ.get("HOMELAB_MQTT_URL") or None,
         )
-
-
-def served(body: bytes) -> dict[str, dict[str, Any]] | None:
-    """The models an engine's ``/v1/models`` lists, by id (None when the body does not say)."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    items = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(items, list):
-        return None
-    return {str(m["id"]): m for m in items if isinstance(m, dict) and "id" in m}
-
-
-def context_of(entry: dict[str, Any]) -> int | None:
-    """The context window a models entry reports (vLLM: ``max_model_len``; others: ``context_length``)."""
-    for key in ("max_model_len", "context_length", "max_context_length"):
-        value = entry.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
-def _markup_in(text: str) -> str | None:
-    """The tool-call markup format a text is written in, if any."""
-    for fmt in toolparse.FORMATS[1:]:
-        try:
-            _, calls = toolparse.parse(fmt, text)
-        except toolparse.ParseError:
-            continue
-        if calls:
-            return fmt
-    return None
 
 
 class RouterService:
@@ -120,7 +109,8 @@ class RouterService:
         self.dispatcher: Dispatcher | None = None
         self.poison_listeners: list[Callable[[str, str], Awaitable[None]]] = []
         self._recover_locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.upstream: Upstream | None = None
+        self.prober = Prober(lambda: self.policy, lambda: self.states, lambda: self.upstream, self.recoveries)
         self.started = time.time()
 
     @property
@@ -149,11 +139,12 @@ class RouterService:
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                          skip_auto_headers=("User-Agent",)) as session:
             self.session = session
+            self.upstream = Upstream(session)
             self.dispatcher = Dispatcher(session, lambda: self.states, self.acct, self._on_poisoned)
             async with asyncio.TaskGroup() as tg:
                 background = []
                 if self.settings.probes:
-                    background.append(tg.create_task(self._probe_loop(), name="router-health-probes"))
+                    background.append(tg.create_task(self.prober.run(), name="router-health-probes"))
                 if self.settings.mqtt_url:
                     mqtt = RouterMqtt(self.settings.mqtt_url, snapshot_of(
                         lambda: self.states,
@@ -171,172 +162,21 @@ class RouterService:
         for w in self.writers:
             w.close()
 
-    # ---- health probes: the lab's one prober (the watchdog reads its results) -----------------
+    # ---- the lab's one prober (the watchdog reads its results) -----------------------------------
 
     async def probe_once(self) -> None:
-        await asyncio.gather(*(self._probe(name) for name in self.policy.routes), return_exceptions=True)
-
-    async def _probe(self, name: str) -> None:
-        policy = self.policy
-        route = policy.routes[name]
-        st = self.states[name]
-        assert self.session is not None
-        try:
-            async with self.session.get(route.models_url, headers=auth(route.api_key),
-                                        timeout=aiohttp.ClientTimeout(total=policy.health.probe_timeout)) as r:
-                body = await r.read()
-                ok = r.status == 200
-                err = None if ok else f"probe: http_{r.status}"
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            ok, err = False, f"probe: {type(exc).__name__}: {exc}"
-        if ok:
-            models = served(body)
-            if models is not None and route.model not in models:
-                ok, err = False, (f"probe: the engine does not serve '{route.model}' "
-                                  f"(it serves: {', '.join(list(models)[:10])})")
-            elif models is not None:
-                st.max_model_len = context_of(models[route.model])
-        if ok != st.healthy:
-            log.warning("route %s is now %s%s", name, "up" if ok else "down", f" ({err})" if err else "")
-        st.probe_result(ok, err)
-        if ok and st.continuation_checked_at is None and self._needs_continuation_check(name):
-            st.continuation_checked_at = time.time()  # once; reload and promotion check again
-            self._spawn(self.check_continuation(name))
-        if ok and st.tools_checked_at is None and policy.health.probe_tools:
-            st.tools_checked_at = time.time()
-            self._spawn(self.check_tools(name))
-
-    async def _probe_loop(self) -> None:
-        while True:
-            await self.probe_once()
-            await asyncio.sleep(self.policy.health.probe_interval)
-
-    # ---- continuation capability: checked, not trusted -------------------------------------------
-
-    def _needs_continuation_check(self, name: str) -> bool:
-        policy = self.policy
-        return policy.health.probe_continuation and "prefill" in policy.routes[name].continuation
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def after_policy_change(self) -> None:
-        """A new policy may declare new modes or point a route elsewhere: check continuation and tools again."""
-        for name, st in self.states.items():
-            st.tools_checked_at = None  # the next good probe asks again
-            st.continuation_blocked.clear()
-            st.continuation_checked_at = None
-            if self.session is not None and self._needs_continuation_check(name) and st.healthy:
-                st.continuation_checked_at = time.time()
-                self._spawn(self.check_continuation(name))
+        await self.prober.probe_once()
 
     async def check_continuation(self, name: str) -> str:
-        """Does this upstream really continue an assistant prefill? Returns the verdict (also logged).
-
-        Two one-token requests over the same conversation ending in an assistant turn: with
-        ``continue_final_message`` and as a new turn. An engine that continues renders the prefill
-        open (no end-of-turn, no new assistant header), so its prompt is shorter; one that starts a
-        new turn (llama.cpp's chat template) renders both the same, and one that refuses answers 4xx.
-        """
-        route = self.policy.routes[name]
-        st = self.states[name]
-        assert self.session is not None
-        convo = [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello"}]
-        common = {"model": route.model, "messages": convo, "max_tokens": 1, "temperature": 0, "stream": False}
-        bodies = ({**common, "continue_final_message": True, "add_generation_prompt": False}, common)
-        results: list[tuple[int, Any]] = []
-        try:
-            for body in bodies:
-                results.append(await self._ask(route, body))
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            st.continuation_checked_at = None  # try again when the route answers
-            return f"unverified: {type(exc).__name__}"
-        (sa, a), (sb, b) = results
-        verdict = "unverified"
-        if 400 <= sa < 500:
-            verdict = f"prefill refused: HTTP {sa}"
-            st.continuation_blocked["prefill"] = verdict
-        elif sa == 200 and sb == 200:
-            pa = ((a or {}).get("usage") or {}).get("prompt_tokens")
-            pb = ((b or {}).get("usage") or {}).get("prompt_tokens")
-            if isinstance(pa, int) and isinstance(pb, int):
-                if pa >= pb:
-                    verdict = (f"starts a new turn instead of continuing a prefill (prompt tokens {pa} with the "
-                               f"prefill, {pb} as a new turn)")
-                    st.continuation_blocked["prefill"] = verdict
-                else:
-                    verdict = "continues"
-                    st.continuation_blocked.pop("prefill", None)
-        st.continuation_checked_at = time.time()
-        mode = st.effective_continuation(route.continuation)
-        self.recoveries.write({"action": "continuation_check", "route": name, "verdict": verdict,
-                               "continuation_effective": mode})
-        if "prefill" in st.continuation_blocked:
-            log.error("route %s declares prefill continuation but its upstream %s: %s; continuing there %s",
-                      name, route.base_url, verdict,
-                      "by instruction instead" if mode == "instruct" else "is off")
-        return verdict
+        return await self.prober.check_continuation(name)
 
     async def check_tools(self, name: str) -> str:
-        """Ask the route for a tool call once and say what came back (``tool_calls`` in /admin/upstreams):
-        ``native``, ``parsed``, ``text`` (markup no one turns into calls: the log and ``homelab status``
-        warn) or ``unknown``."""
-        route = self.policy.routes[name]
-        st = self.states[name]
-        choices = ["none"] if route.tool_parser != "none" else ["auto", "none"]
-        verdict, seen = "unknown", None
-        try:
-            for choice in choices:
-                status, message = await self._ask_tool(name, choice)
-                if status == 400 and choice == "auto":  # vLLM without --tool-call-parser: what does it write?
-                    seen = "the engine has no tool parser of its own (400 to tool_choice auto)"
-                    continue
-                if message.get("tool_calls"):
-                    verdict = "native"
-                    break
-                text = message.get("content")
-                fmt = _markup_in(text if isinstance(text, str) else "")
-                if fmt is not None:
-                    verdict, seen = ("parsed" if fmt == route.tool_parser else "text"), f"{fmt} markup"
-                elif seen is not None:
-                    verdict = "text"
-                break
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            st.tools_checked_at = None  # again at the next good probe
-            return f"unverified: {type(exc).__name__}"
-        st.tool_calls, st.tool_calls_seen = verdict, seen
-        self.recoveries.write({"action": "tool_check", "route": name, "tool_calls": verdict, "seen": seen})
-        if verdict == "text":
-            hint = f"set tool_parser: {seen.split()[0]}" if seen and seen.endswith(" markup") else "set its tool_parser"
-            log.warning("route %s leaves tool calls as text (%s) and has no tool parser that reads them: %s",
-                        name, seen, hint)
-        return verdict
+        return await self.prober.check_tools(name)
 
-    async def _ask_tool(self, name: str, choice: str) -> tuple[int, dict[str, Any]]:
-        route = self.policy.routes[name]
-        tool = {"type": "function", "function": {"name": "ping", "description": "Answers pong.",
-                                                 "parameters": {"type": "object", "properties": {}}}}
-        body = {"model": route.model, "max_tokens": 128, "temperature": 0, "stream": False, "tools": [tool],
-                "tool_choice": choice, "messages": [{"role": "user", "content": "Call the ping tool now."}]}
-        status, answer = await self._ask(route, body)
-        try:
-            message = answer["choices"][0]["message"]
-        except (KeyError, IndexError, TypeError):
-            message = {}
-        return status, message if isinstance(message, dict) else {}
-
-    async def _ask(self, route: Route, body: dict[str, Any]) -> tuple[int, Any]:
-        """One small request of the router's own to a route (the capability checks): (status, decoded
-        answer or None), through the same wire as the request path."""
-        assert self.session is not None
-        async with asyncio.timeout(route.first_token_timeout):
-            status, raw, _ = await Upstream(self.session).post_json(route, orjson.dumps(body), route.chat_url)
-        try:
-            return status, orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return status, None
+    def after_policy_change(self) -> None:
+        """A new policy may declare new modes or point a route elsewhere: the checks run again (at the
+        next good probe of each route)."""
+        self.prober.policy_changed()
 
     # ---- policy: reload, shadow, promotion ----------------------------------------------------
 
@@ -354,11 +194,11 @@ class RouterService:
         self.decider = decider  # one assignment: requests in flight keep the policy they started with
         return decider
 
-    def load_shadow(self, text: str) -> Shadow:
-        """A candidate policy sent over HTTP: it may change decisions, never commands or addresses."""
-        candidate = parse_policy(text, "candidate")
-        refuse_changes(self.policy, candidate)
-        self.shadow = Shadow(compile_policy(candidate))
+    def load_shadow(self, candidate: Decider) -> Shadow:
+        """A candidate policy sent over HTTP (parsed and compiled by :func:`compile_candidate`): it may
+        change decisions, never commands, addresses or who may use the lab."""
+        refuse_changes(self.policy, candidate.policy)
+        self.shadow = Shadow(candidate)
         return self.shadow
 
     def promote_shadow(self, shadow: Shadow) -> Decider:
@@ -389,27 +229,38 @@ class RouterService:
         return {w.path.name: {"write_errors": w.errors, "rotations": w.rotations} for w in self.writers}
 
     def stats(self, *, admin: bool) -> dict[str, Any]:
-        """``/stats``: the shadow's request ids and keywords only for the admin."""
+        """``/stats``. Without the admin token: counts only — no client names, no upstream addresses,
+        no shadow request ids or keywords."""
         policy = self.policy
         shadow = self.shadow
+        cooldown = policy.health.circuit_cooldown
+        routes = {n: st.snapshot(policy.routes[n].max_concurrency, policy.routes[n].continuation, cooldown)
+                  for n, st in self.states.items()}
+        clients: dict[str, Any] = {n: {k: round(v, 6) for k, v in c.items()} for n, c in self.acct.clients.items()}
+        metrics = self.metrics.snapshot()
+        if not admin:
+            routes = {n: {k: scrub(v) for k, v in row.items()} for n, row in routes.items()}
+            clients = {"count": len(clients), "requests": sum(int(c["requests"]) for c in clients.values())}
+            metrics = {k: rows for k, rows in metrics.items()
+                       if not any("client" in r["labels"] for r in rows)}
         return {
             "uptime_s": round(time.time() - self.started, 1),
-            "routes": {n: st.snapshot(policy.routes[n].max_concurrency, policy.routes[n].continuation)
-                       for n, st in self.states.items()},
+            "routes": routes,
             "logs": self.log_stats(),
             "shadow": None if shadow is None else shadow.report() if admin else shadow.summary(),
-            "clients": {n: {k: round(v, 6) for k, v in c.items()} for n, c in self.acct.clients.items()},
+            "clients": clients,
             "open_to_network": self.open_to_network,
-            "metrics": self.metrics.snapshot(),
+            "metrics": metrics,
         }
 
     def upstreams(self) -> dict[str, Any]:
         policy = self.policy
+        cooldown = policy.health.circuit_cooldown
         out = {}
         for name, st in self.states.items():
             r = policy.routes[name]
-            out[name] = {**st.snapshot(r.max_concurrency, r.continuation), "model": r.model, "base_url": r.base_url,
-                         "terminal": r.terminal, "vision": r.vision}
+            out[name] = {**st.snapshot(r.max_concurrency, r.continuation, cooldown), "model": r.model,
+                         "base_url": r.base_url, "terminal": r.terminal, "vision": r.vision}
         return {"routes": out}
 
     # ---- CUDA recovery ------------------------------------------------------------------------

@@ -24,7 +24,11 @@ FROZEN = ("recover_command", "recover_timeout", "terminal", "base_url", "api_key
 
 def refuse_changes(live: Policy, candidate: Policy) -> None:
     """A candidate may change how requests are decided, never what runs or where the lab's engines are:
-    commands, whether a route is terminal, upstream addresses and keys stay the live policy's."""
+    commands, whether a route is terminal, upstream addresses and keys, and who may use the lab
+    (``clients:``) stay the live policy's."""
+    if candidate.clients != live.clients:
+        raise PolicyError("clients: differs from the live policy's; a policy sent over HTTP cannot change who may "
+                          "use the lab (edit the policy file and reload instead)")
     for name, route in candidate.routes.items():
         current = live.routes.get(name)
         for key in FROZEN:

@@ -10,6 +10,29 @@ Circuit = Literal["closed", "open", "half_open"]
 
 
 @dataclass(slots=True)
+class Check:
+    """One capability check of one route under one policy: run once; after a transport error, again
+    after a growing backoff (``RETRY_FIRST`` seconds, then twice that), at most ``TRIES`` times."""
+
+    TRIES = 3
+    RETRY_FIRST = 30.0
+
+    tries: int = 0
+    next_at: float = 0.0  # monotonic: not before then
+    running: bool = False
+    done: bool = False
+
+    def due(self, now: float) -> bool:
+        return not (self.done or self.running) and self.tries < self.TRIES and now >= self.next_at
+
+    def failed(self, now: float) -> None:
+        """A transport error: try again later, or give up after the last try."""
+        self.running = False
+        self.tries += 1
+        self.next_at = now + self.RETRY_FIRST * 2 ** (self.tries - 1)
+
+
+@dataclass(slots=True)
 class RouteState:
     name: str
     in_flight: int = 0
@@ -30,10 +53,14 @@ class RouteState:
     # into calls), text (markup left as text: no parser anywhere), unknown (not probed, or no call)
     tool_calls: str = "unknown"
     tool_calls_seen: str | None = None  # the probe's detail (the markup format found, the engine's words)
-    tools_checked_at: float | None = None
     # continuation modes found not to work on this upstream (mode -> what the check saw)
     continuation_blocked: dict[str, str] = field(default_factory=dict)
-    continuation_checked_at: float | None = None
+    continuation_verdict: str | None = None  # the last check's words ("continues", "unverified: …", …)
+    # does the engine's /v1/models list the route's model (exactly, as name:latest, or as its only model)?
+    # None until a probe has read a list; False is a warning: only answers (404, model not found) fail a route
+    model_listed: bool | None = None
+    # the capability checks (continuation, tools): each once per policy, with a bounded retry
+    checks: dict[str, Check] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def available(self, cooldown: float) -> bool:
@@ -84,12 +111,11 @@ class RouteState:
             self.opened_at = time.monotonic()
 
     def probe_result(self, ok: bool, error: str | None = None) -> None:
+        """A health probe's answer. A good one never closes a circuit: the circuit follows the traffic
+        (after its cooldown it lets one trial request through, and only an answer closes it)."""
         self.last_probe_at = time.time()
         if ok:
             self.healthy = True
-            if self.circuit != "closed":
-                self.circuit = "closed"
-                self.failures = 0
         else:
             self.healthy = False
             self.last_error = error
@@ -102,16 +128,24 @@ class RouteState:
                 return mode
         return "none"
 
-    def snapshot(self, max_concurrency: int, continuation: tuple[str, ...] = ()) -> dict[str, Any]:
+    def circuit_now(self, cooldown: float) -> Circuit:
+        """The circuit as the next request would find it (an open one past its cooldown is half-open)."""
+        if self.circuit == "open" and self.healthy and time.monotonic() - self.opened_at >= cooldown:
+            return "half_open"
+        return self.circuit
+
+    def snapshot(self, max_concurrency: int, continuation: tuple[str, ...] = (),
+                 cooldown: float | None = None) -> dict[str, Any]:
+        circuit = self.circuit if cooldown is None else self.circuit_now(cooldown)
         return {
-            "healthy": self.healthy and not self.poisoned and self.circuit != "open",
+            "healthy": self.healthy and not self.poisoned and circuit != "open",
             "probe_ok": self.healthy,
             "in_flight": self.in_flight,
             "max_concurrency": max_concurrency,
             "saturated": self.in_flight >= max_concurrency,
             "drained": self.drained,
             "poisoned": self.poisoned,
-            "circuit": self.circuit,
+            "circuit": circuit,
             "consecutive_failures": self.failures,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
@@ -121,6 +155,8 @@ class RouteState:
             "continuation_declared": list(continuation),
             "continuation_effective": self.effective_continuation(continuation),
             "continuation_blocked": dict(self.continuation_blocked),
+            "continuation_check": self.continuation_verdict,
+            "model_listed": self.model_listed,
             "tool_calls": self.tool_calls,
             "tool_calls_seen": self.tool_calls_seen,
         }

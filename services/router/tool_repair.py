@@ -10,6 +10,7 @@ from typing import Any
 
 import jsonschema
 import orjson
+import referencing.exceptions
 
 from services.router.accounting import Accounting
 from services.router.policy import Route
@@ -54,8 +55,8 @@ def _check(ctx: Ctx, acct: Accounting, route: str, calls: list[Call]) -> str | N
             except jsonschema.ValidationError as exc:  # the agent decides: the call still goes out
                 ctx.events.append(f"tool_schema_mismatch:{call.name}:{exc.message[:120]}")
                 acct.metrics.tool_schema_mismatches.labels(route, call.name[:64]).inc()
-            except (jsonschema.SchemaError, orjson.JSONDecodeError):
-                pass
+            except (jsonschema.SchemaError, orjson.JSONDecodeError, referencing.exceptions.Unresolvable):
+                pass  # the schema was checked at the edge; arguments that are not JSON were refused before
     return None
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Literal
 
 from services.router.clients import OPEN, Who
-from services.router.decide import Decision
 from services.router.policy import Policy, Route
 from services.router.state import RouteState
 
@@ -18,19 +17,20 @@ Skip = Literal["no_vision", "not_allowed", "drained", "down", "saturated", "rese
 Cause = Literal["drained", "down", "saturated", "reserved", "not_allowed"]
 
 
-def admission(name: str, route: Route, st: RouteState, decision: Decision, *, has_image: bool,
+def admission(name: str, route: Route, st: RouteState, *, pinned: bool = False, has_image: bool = False,
               cooldown: float, who: Who = OPEN) -> Skip | None:
     """Why ``route`` cannot take this request now, or None when it can.
 
-    A pinned route passes its own drain; an open circuit half-opens after ``cooldown`` and then
-    admits one trial request at a time; slots a route reserves for other client classes are not this
-    request's to take (``reserved``: it spills as at the cap).
+    A pinned route (``pinned``: the client named this very route) passes its own drain; an open
+    circuit half-opens after ``cooldown`` and then admits one trial request at a time; slots a route
+    reserves for other client classes are not this request's to take (``reserved``: it spills as at
+    the cap).
     """
     if has_image and not route.vision:
         return "no_vision"
     if not who.may_use(name):
         return "not_allowed"
-    if st.drained and not (decision.pinned and name == decision.route):
+    if st.drained and not pinned:
         return "drained"
     if not st.available(cooldown):
         return "down"

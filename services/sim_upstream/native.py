@@ -67,10 +67,15 @@ async def messages(sim: SimUpstream, request: web.Request) -> web.StreamResponse
 
     await ev("message_start", message={**final, "content": [], "stop_reason": None,
                                        "usage": {"input_tokens": 20, "output_tokens": 0}})
+    cut = sim.cut_now()
     for i, block in enumerate(content):
         if block["type"] == "text":
             await ev("content_block_start", index=i, content_block={"type": "text", "text": ""})
-            for piece in tokens(block["text"]):
+            for n, piece in enumerate(tokens(block["text"])):
+                if cut and n == c.fault_after:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return resp
                 await ev("content_block_delta", index=i, delta={"type": "text_delta", "text": piece})
         else:
             await ev("content_block_start", index=i, content_block={**block, "input": {}})
@@ -129,7 +134,12 @@ async def responses(sim: SimUpstream, request: web.Request) -> web.StreamRespons
                                                                           "status": "in_progress"})
             await ev("response.content_part.added", item_id=item["id"], output_index=i, content_index=0,
                      part={"type": "output_text", "text": "", "annotations": []})
-            for piece in tokens(text):
+            cut = sim.cut_now()
+            for n, piece in enumerate(tokens(text)):
+                if cut and n == c.fault_after:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return resp
                 await ev("response.output_text.delta", item_id=item["id"], output_index=i, content_index=0,
                          delta=piece)
             await ev("response.output_text.done", item_id=item["id"], output_index=i, content_index=0, text=text)

@@ -55,6 +55,7 @@ Fault = Literal[
     "reset",  # accept the request, close the socket before headers
     "silent_reset",  # accept, say nothing for fault_delay seconds, then close the socket
     "engine_dead",  # vLLM's dead engine: 500 before an answer; mid-stream an error event then [DONE]
+    "cuda_mid_stream",  # after fault_after chunks an in-band CUDA error event, then the stream ends
 ]
 
 
@@ -93,6 +94,10 @@ class SimConfig(BaseModel):
     responses: bool = False  # serve /v1/responses natively (recent vLLM); else it is a 404 (most engines)
     messages: bool = False  # serve Anthropic's /v1/messages natively (llama.cpp's server, vLLM); else a 404
     max_model_len: int = 32768  # the context window /v1/models reports (as vLLM does)
+    # what /v1/models lists (None: the model itself); engines list names their own way (Ollama
+    # "qwen2.5:latest", llama.cpp its file) and some list several
+    listed: list[str] | None = None
+    flat_prompt_tokens: bool = False  # report the same prompt tokens with or without an open prefill
     # asked to continue a cut answer: "restart" starts over, "tail" echoes the last words first
     # (what real models do now and then); "none" goes on exactly where it stopped
     instruct_echo: Literal["none", "restart", "tail"] = "none"
@@ -110,6 +115,7 @@ class SimUpstream:
         self.host = host
         self.port = port
         self.active = 0
+        self.peak = 0  # the most chat requests it held at once
         self.requests = 0
         self.faults_served = 0
         self.arrivals: list[float] = []  # when each chat request came in (monotonic)
@@ -136,8 +142,9 @@ class SimUpstream:
 
     async def start(self) -> None:
         """Listen (again) on the port; the first start picks a free port if none was given."""
+        # an engine stops working on a request whose client went away (vLLM aborts it): so does the sim
         self._runner = web.AppRunner(self._make_app(), access_log=None, handle_signals=False,
-                                     shutdown_timeout=0.1)
+                                     shutdown_timeout=0.1, handler_cancellation=True)
         await self._runner.setup()
         # A dead server does not wait for its handlers: close at once.
         self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
@@ -169,18 +176,22 @@ class SimUpstream:
         self.faults_served += 1
         return c.fault
 
+    def cut_now(self) -> bool:
+        """Is this native stream one the ``cut`` fault cuts (after ``fault_after`` deltas)?"""
+        return self.config.fault == "cut" and self._fault() == "cut"
+
     async def _models(self, request: web.Request) -> web.Response:
         c = self.config
         if c.fault_probes and c.fault.startswith("http_"):
             return err(int(c.fault[-3:]), "Service unavailable", "server_error")
         data = {"object": "list", "data": [
-            {"id": self.config.model, "object": "model", "created": 0, "owned_by": "homelab-sim",
-             "max_model_len": self.config.max_model_len}
+            {"id": name, "object": "model", "created": 0, "owned_by": "homelab-sim",
+             "max_model_len": self.config.max_model_len} for name in (c.listed or [c.model])
         ]}
         return web.Response(body=orjson.dumps(data), content_type="application/json")
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"requests": self.requests, "active": self.active,
+        return web.json_response({"requests": self.requests, "active": self.active, "peak": self.peak,
                                   "config": self.config.model_dump()})
 
     async def _set_config(self, request: web.Request) -> web.Response:
@@ -214,6 +225,7 @@ class SimUpstream:
         if c.slots is not None and self.active >= c.slots:
             return err(503, "Server busy: all slots are in use", "server_error", "busy")
         self.active += 1
+        self.peak = max(self.peak, self.active)
         try:
             return await self._chat_inner(request, c)
         finally:
@@ -318,7 +330,7 @@ class SimUpstream:
                 text = full
             elif instructed and c.instruct_echo == "tail":
                 text = " ".join(prefix.split(" ")[-3:]) + text
-        n_prompt = prompt_tokens(messages, open_last)
+        n_prompt = prompt_tokens(messages, open_last and not c.flat_prompt_tokens)
         pieces = tokens(text) if text else []
         if isinstance(body.get("max_tokens"), int):
             pieces = pieces[:max(0, body["max_tokens"])]
@@ -400,6 +412,12 @@ class SimUpstream:
         if fault == "slow_first_token":
             await asyncio.sleep(c.fault_delay)
         for i, piece in enumerate(pieces):
+            if i == c.fault_after and fault == "cuda_mid_stream":
+                cuda = {"error": {"message": "CUDA error: an illegal memory access was encountered",
+                                  "type": "InternalServerError", "code": 500}}
+                await resp.write(b"data: " + orjson.dumps(cuda) + b"\n\n")
+                await resp.write_eof()
+                return
             if i == c.fault_after and fault == "engine_dead":
                 await resp.write(b"data: " + orjson.dumps(ENGINE_DEAD) + b"\n\n")
                 await resp.write(b"data: [DONE]\n\n")

@@ -160,7 +160,7 @@ def test_no_usage_chunk_unless_asked(lab: Lab) -> None:
 
 # ---- 4. 503 with room is a failure -------------------------------------------------------------
 
-def test_an_upstream_that_503s_everything_opens_its_circuit_and_closes_after_a_good_probe(lab: Lab) -> None:
+def test_an_upstream_that_503s_everything_opens_its_circuit_and_a_trial_closes_it(lab: Lab) -> None:
     reload_with(lab, probe_interval=60)  # probes by hand below: no race with the background loop
     threading.Event().wait(0.6)  # the last fast probe has run
     lab.configure("ubuntu-6000", fault="http_503", fault_probes=True)
@@ -177,8 +177,11 @@ def test_an_upstream_that_503s_everything_opens_its_circuit_and_closes_after_a_g
     assert lab.sims["ubuntu-6000"].requests == seen  # nobody paid a 503 round trip during the outage
     lab.configure("ubuntu-6000", fault="none")
     lab.bg.run(lab.svc.probe_once())
-    assert lab.svc.states["ubuntu-6000"].circuit == "closed"  # a good probe closes it
-    assert post(lab).headers["x-homelab-route"] == "ubuntu-6000"
+    # a good probe lets the circuit half-open after its cooldown (one trial at a time); it never closes it
+    assert lab.svc.states["ubuntu-6000"].circuit == "open"
+    assert admin(lab, "GET", "/admin/upstreams").json()["routes"]["ubuntu-6000"]["circuit"] == "half_open"
+    assert post(lab).headers["x-homelab-route"] == "ubuntu-6000"  # the trial answered: closed
+    assert lab.svc.states["ubuntu-6000"].circuit == "closed"
 
 
 def test_a_503_at_the_cap_is_busy_not_a_failure(lab: Lab) -> None:
