@@ -240,7 +240,6 @@ def test_the_tool_check_runs_once_per_policy(lab: Lab) -> None:
         check = lab.svc.states["ubuntu-6000"].checks.get("tools")
         return check is not None and check.done
     assert wait_for(checked)
-    assert routes(lab)["ubuntu-6000"]["tool_calls"] == "parsed"  # the sim writes GLM markup, glm45 reads it
     asked = lab.sims["ubuntu-6000"].requests
     time.sleep(1.0)
     assert lab.sims["ubuntu-6000"].requests == asked

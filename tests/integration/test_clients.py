@@ -134,7 +134,8 @@ def test_attribution_per_client_and_route(lab: Lab) -> None:
     for _ in range(3):
         assert call(lab, "chat", KEYS["cursor"]).status_code == 200
     assert call(lab, "chat", KEYS["cursor"], stream=True).status_code == 200
-    stats = httpx.get(lab.url + "/stats", timeout=10).json()["clients"]["cursor"]
+    stats = httpx.get(lab.url + "/stats", headers={"Authorization": "Bearer test-admin-token"},
+                      timeout=10).json()["clients"]["cursor"]  # client names are the admin's to see
     served = lab.sims["ubuntu-6000"].requests
     assert stats["requests"] == served == 4
     assert stats["completion_tokens"] >= 3 * 12  # what the simulated upstream produced, counted

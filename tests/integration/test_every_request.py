@@ -140,14 +140,18 @@ def test_a_client_that_leaves_during_a_continuation_is_on_the_record(lab: Lab) -
     assert lab.svc.states["spark"].in_flight == 0  # the continuation gave its slot back
 
 
-def test_a_route_whose_engine_no_longer_serves_its_model_is_down(lab: Lab) -> None:
-    lab.configure("win-5090", model="some-other-model")
+def test_a_route_whose_engine_no_longer_lists_its_model_is_a_warning_until_it_answers_so(lab: Lab) -> None:
+    """Engines list names their own way: a model missing from the list only warns; the answer that the
+    model does not exist is what fails the route over."""
+    lab.configure("win-5090", listed=["some-other-model", "and-another"])
     lab.bg.run(lab.svc.probe_once())
     up = admin(lab, "GET", "/admin/upstreams").json()["routes"]["win-5090"]
-    assert up["probe_ok"] is False
-    assert "does not serve 'gemma-4-31b'" in up["last_error"]
+    assert up["probe_ok"] is True and up["model_listed"] is False
     r = httpx.post(lab.base_url + "/chat/completions", json={"model": "homelab/chat", "messages": CODE}, timeout=20)
-    assert r.headers["x-homelab-route"] == "spark"  # the route is skipped, not tried
+    assert r.headers["x-homelab-route"] == "win-5090"  # it still answers the name
+    lab.configure("win-5090", model="some-other-model", fault="model_missing")
+    r = httpx.post(lab.base_url + "/chat/completions", json={"model": "homelab/chat", "messages": CODE}, timeout=20)
+    assert r.status_code == 200 and r.headers["x-homelab-route"] == "spark"
 
 
 def test_a_hung_recovery_command_is_killed_and_releases_the_route(lab: Lab) -> None:

@@ -182,7 +182,7 @@ def test_models_carry_their_context_length(lab: Lab) -> None:
     lab.bg.run(lab.svc.probe_once())
     data = {m["id"]: m for m in httpx.get(lab.base_url + "/models", timeout=10).json()["data"]}
     assert data["homelab/code"]["context_length"] == 32768  # the engine's own max_model_len
-    assert "context_length" not in data["homelab/auto"]
+    assert data["homelab/auto"]["context_length"] == 32768  # the largest an automatic decision can reach
 
 
 def test_an_image_block_goes_to_the_image_route_and_a_header_pins(lab: Lab, claude: anthropic.Anthropic) -> None:
