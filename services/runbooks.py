@@ -11,11 +11,14 @@ import asyncio
 import ctypes
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from router_client.admin import AdminClient, AdminRefused
+from router_client.client import RouterUnavailable
 from shared import admin_token
 
 COMMANDS = ("drain", "undrain", "reload", "recover-cuda", "upstreams", "explain", "summary", "cuda-probe", "shadow")
@@ -59,35 +62,36 @@ def _state_dir() -> Path:
     return Path(os.environ.get("HOMELAB_STATE_DIR") or "state")
 
 
-def _client(a: argparse.Namespace) -> tuple[str, dict[str, str]]:
+def _client(a: argparse.Namespace) -> tuple[str, str]:
     base = (a.router or os.environ.get("HOMELAB_ROUTER_URL") or "http://127.0.0.1:8080/v1").rstrip("/")
     token = admin_token.resolve(_state_dir(), a.token)
     if not token:
         raise NoToken(f"no admin token: set HOMELAB_ADMIN_TOKEN (or pass --token); a lab started with "
                       f"`homelab up` keeps its own in {admin_token.token_file(_state_dir())}")
-    return base.removesuffix("/v1"), {"Authorization": f"Bearer {token}"}
+    return base, token
 
 
-def _call(a: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+def _admin(a: argparse.Namespace, call: Callable[[AdminClient], Awaitable[dict[str, Any]]],
+           what: str = "homelab") -> tuple[int, dict[str, Any]]:
+    """One admin call through the router's typed client: (exit code, answer); failures said on stderr."""
     try:
-        base, headers = _client(a)
+        base, token = _client(a)
     except NoToken as exc:
         print(f"homelab: {exc}", file=sys.stderr)
-        return 2, None
+        return 2, {}
+
+    async def go() -> dict[str, Any]:
+        async with httpx.AsyncClient() as client:
+            return await call(AdminClient(base, token, client, timeout=660))
+
     try:
-        r = httpx.request(method, base + path, headers=headers, json=body, timeout=660)
-    except httpx.HTTPError as exc:
-        print(f"homelab: cannot reach the router at {base}: {type(exc).__name__}", file=sys.stderr)
-        return 2, None
-    try:
-        data = r.json()
-    except ValueError:
-        data = {"error": {"message": r.text[:300]}}
-    if r.status_code >= 400:
-        msg = data.get("error", {}).get("message") if isinstance(data, dict) else str(data)
-        print(f"homelab: {path} refused (HTTP {r.status_code}): {msg}", file=sys.stderr)
-        return 1, data
-    return 0, data
+        return 0, asyncio.run(go())
+    except AdminRefused as exc:
+        print(f"{what}: {exc}", file=sys.stderr)
+        return 1, exc.data if isinstance(exc.data, dict) else {}
+    except RouterUnavailable as exc:
+        print(f"homelab: {exc}", file=sys.stderr)
+        return 2, {}
 
 
 def _shadow(a: argparse.Namespace) -> int:
@@ -96,27 +100,17 @@ def _shadow(a: argparse.Namespace) -> int:
             print("homelab shadow load: give the candidate policy file", file=sys.stderr)
             return 2
         try:
-            base, headers = _client(a)
-        except NoToken as exc:
-            print(f"homelab: {exc}", file=sys.stderr)
-            return 2
-        try:
             text = a.file.read_text(encoding="utf-8")
-            r = httpx.post(base + "/admin/shadow", headers=headers, content=text.encode(), timeout=30)
         except OSError as exc:
             print(f"homelab shadow: {exc}", file=sys.stderr)
             return 2
-        except httpx.HTTPError as exc:
-            print(f"homelab: cannot reach the router at {base}: {type(exc).__name__}", file=sys.stderr)
-            return 2
-        if r.status_code >= 400:
-            print(f"homelab shadow: refused (HTTP {r.status_code}): {r.json()['error']['message']}", file=sys.stderr)
-            return 1
-        print(f"shadow policy loaded from {a.file}: every live request is now also decided by it")
-        return 0
-    method, path = {"show": ("GET", "/admin/shadow"), "drop": ("DELETE", "/admin/shadow"),
-                    "promote": ("POST", "/admin/shadow/promote")}[a.action]
-    code, data = _call(a, method, path)
+        code, _ = _admin(a, lambda c: c.shadow_load(text), "homelab shadow")
+        if code == 0:
+            print(f"shadow policy loaded from {a.file}: every live request is now also decided by it")
+        return code
+    call: Callable[[AdminClient], Awaitable[dict[str, Any]]] = {
+        "show": AdminClient.shadow, "drop": AdminClient.shadow_drop, "promote": AdminClient.shadow_promote}[a.action]
+    code, data = _admin(a, call)
     if code != 0:
         return code
     if a.action == "promote":
@@ -175,25 +169,29 @@ def run(a: argparse.Namespace) -> int:
     if cmd == "shadow":
         return _shadow(a)
     if cmd in ("drain", "undrain"):
-        code, data = _call(a, "POST", f"/admin/{cmd}/{a.route}")
+        code, data = _admin(a, lambda c: c.drain(a.route) if cmd == "drain" else c.undrain(a.route))
         if code == 0:
             drained = "drained (auto traffic goes to its failover; pins still pass)"
             print(f"{a.route}: {drained if cmd == 'drain' else 'back in service'}")
         return code
     if cmd == "reload":
-        code, data = _call(a, "POST", "/admin/reload-config")
+        code, data = _admin(a, AdminClient.reload)
         if code == 0:
             print(f"policy reloaded: routes {', '.join(data['routes'])}")
         return code
     if cmd == "recover-cuda":
-        code, data = _call(a, "POST", "/admin/recover-cuda", {"route": a.route})
+        code, data = _admin(a, lambda c: c.recover_cuda(a.route))
         if code == 0:
             print(f"{a.route}: CUDA recovery ok in {data.get('seconds')} s")
         return code
-    code, data = _call(a, "GET", "/admin/upstreams")
+
+    async def routes(c: AdminClient) -> dict[str, Any]:
+        return await c.upstreams()
+
+    code, data = _admin(a, routes)
     if code == 0:
         print(f"{'route':<14}{'healthy':<9}{'load':<8}{'circuit':<11}{'drained':<9}{'poisoned':<10}last error")
-        for name, st in data["routes"].items():
+        for name, st in data.items():
             print(f"{name:<14}{'yes' if st['healthy'] else 'NO':<9}{st['in_flight']}/{st['max_concurrency']:<6}"
                   f"{st['circuit']:<11}{'yes' if st['drained'] else '-':<9}{'YES' if st['poisoned'] else '-':<10}"
                   f"{(st['last_error'] or '-')[:60]}")

@@ -129,11 +129,11 @@ def admin_api(svc: RouterService) -> APIRouter:
         if not route.recover_command:
             raise RequestError(f"Route '{name}' has no recover_command configured", status=409,
                                code="no_recover_command")
-        lock = svc.recover_lock(name)
+        lock = svc.recovery.lock(name)
         if lock.locked():
             raise RequestError(f"A recovery of '{name}' is already running", status=409, code="in_progress")
         async with lock:
-            record = await svc.recover(name)
+            record = await svc.recovery.recover(name)
         return _json(record, 200 if record["ok"] else 500)
 
     return api

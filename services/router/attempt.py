@@ -10,7 +10,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -22,13 +22,15 @@ from services.router.budget import too_small, window
 from services.router.camera_output import is_camera_triage, validate_camera
 from services.router.continuation import Continuation
 from services.router.errors import error_body
+from services.router.faults import FailurePath
 from services.router.outcomes import ErrorBody, Outcome, UpstreamFault, classify, error_answer, hangup
 from services.router.policy import Route
 from services.router.relay import RelayResponse, StreamTrack, consume, done_with
-from services.router.request import CLIENT_GONE, DONE, FINISH_GRACE, JSON, Ctx
+from services.router.request import CLIENT_GONE, DONE, JSON, Ctx
 from services.router.slots import Slot, take
 from services.router.sse import SSEReader, join
 from services.router.state import RouteState
+from services.router.stream import StreamRelay, usage_of
 from services.router.tool_repair import StreamRepair, fix_answer, format_for
 from services.router.upstream import Upstream
 
@@ -72,7 +74,8 @@ class Attempts:
         self.acct = acct
         self.metrics = acct.metrics
         self.continuation = Continuation(upstream, acct, states)
-        self.on_poisoned = on_poisoned
+        self.faults = FailurePath(acct, on_poisoned)
+        self.relay = StreamRelay(acct, self.faults, self.continuation)
 
     async def with_retry(self, ctx: Ctx, route: Route, st: RouteState, slot: Slot) -> Outcome:
         """Attempt ``route`` with the slot the walk took; once more after a transient fault or a short
@@ -95,7 +98,7 @@ class Attempts:
             if outcome.kind != "ok":
                 attempt.update(outcome=outcome.kind, detail=outcome.detail[:300],
                                ms=round((time.perf_counter() - t0) * 1000, 3))
-            await self.failed(ctx, name, st, outcome, room=room)
+            await self.faults.failed(ctx, name, st, outcome, room=room)
             wait: float | None = None
             if outcome.kind == "fail" and outcome.retryable and not retried:
                 retried = True
@@ -123,29 +126,6 @@ class Attempts:
             if again in ("saturated", "reserved"):
                 return Outcome.failed(again, f"{name} is at its cap of {route.max_concurrency}", kind="busy")
             return outcome
-
-    async def failed(self, ctx: Ctx, name: str, st: RouteState, outcome: Outcome, *, room: bool = True,
-                     where: str = "failure") -> None:
-        """The one failure path: every fault of a route, before or after the first byte, counts here."""
-        health = ctx.policy.health
-        if outcome.kind == "fail":
-            st.record_failure(outcome.detail, health.failure_threshold)
-            self.acct.upstream_failed(ctx, name, outcome, kind=where)
-        elif outcome.kind == "poisoned":
-            await self._poison(ctx, name, st, outcome)
-        elif outcome.kind == "busy" and outcome.status == 503 and room:
-            # Busy with room to spare is not busy: an upstream that 503s everything is down.
-            st.record_failure(outcome.detail, health.failure_threshold)
-            self.acct.upstream_failed(ctx, name, outcome, kind=where)
-
-    async def _poison(self, ctx: Ctx, name: str, st: RouteState, outcome: Outcome) -> None:
-        st.poisoned = True
-        st.last_error = outcome.detail
-        st.last_error_at = time.time()
-        self.acct.fault(ctx, name, "cuda_poisoned", outcome.cause, outcome.detail)
-        log.error("route %s poisoned: %s", name, outcome.detail)
-        if self.on_poisoned is not None:
-            await self.on_poisoned(name, outcome.detail)
 
     async def _attempt(self, ctx: Ctx, name: str, route: Route, st: RouteState, slot: Slot) -> Outcome:
         max_tokens = clamped_max_tokens(ctx, route, st)
@@ -271,12 +251,12 @@ class Attempts:
             slot.release()
             st.record_success()
             done_with(resp)
-            self._usage(ctx, track)
+            usage_of(ctx, track)
             if repair is not None:
                 buffered = repair.events(buffered) + repair.finish()
             return Outcome("ok", response=Response(join(buffered) + DONE, media_type="text/event-stream",
                                                    headers=headers))
-        gen = self._relay(ctx, name, route, st, slot, resp, sse, buffered, track, first_end, repair)
+        gen = self.relay.run(ctx, name, route, st, slot, resp, sse, buffered, track, first_end, repair)
 
         def on_close() -> None:
             slot.release()
@@ -287,127 +267,3 @@ class Attempts:
                 self.acct.finish(ctx)
 
         return Outcome("ok", response=RelayResponse(gen, on_close, headers))
-
-    @staticmethod
-    def _usage(ctx: Ctx, track: StreamTrack) -> None:
-        if track.usage is not None and ctx.attempts:
-            ctx.attempts[-1]["usage"] = track.usage
-
-    def _completed(self, ctx: Ctx, name: str, st: RouteState, track: StreamTrack) -> None:
-        """A relayed stream that ended well: the route's success, and its line written before the last
-        bytes go out, so a client that reads the log after [DONE] finds it."""
-        st.record_success()
-        self._usage(ctx, track)
-        self.acct.finish(ctx, name)
-
-    async def _relay(self, ctx: Ctx, name: str, route: Route, st: RouteState, slot: Slot,
-                     resp: aiohttp.ClientResponse, sse: SSEReader,
-                     buffered: list[bytes], track: StreamTrack, first_end: UpstreamFault | bool | None,
-                     repair: StreamRepair | None) -> AsyncIterator[bytes]:
-        fault: UpstreamFault | None = first_end if isinstance(first_end, UpstreamFault) else None
-
-        def fixed(events: list[bytes], done: bool = False) -> list[bytes]:
-            """The events with the route's tool-call markup repaired (all that is held, at the end)."""
-            if repair is None:
-                return events
-            out = repair.events(events)
-            return out + repair.finish() if done else out
-
-        try:
-            buffered = fixed(buffered)
-            if buffered:
-                yield join(buffered)
-            while fault is None:
-                try:
-                    if track.finished:
-                        async with asyncio.timeout(FINISH_GRACE):
-                            batch = await sse.batch()
-                    else:
-                        batch = await sse.batch()
-                except TimeoutError:
-                    if track.finished:
-                        batch = None  # finished properly but no [DONE]: finalise promptly
-                    else:
-                        raise UpstreamFault("stall", f"no data for {route.stream_idle_timeout:g}s") from None
-                if batch is None:
-                    if not track.finished:
-                        raise UpstreamFault("stream_cut", "upstream closed the stream mid-answer")
-                    if track.native:  # a Responses or Messages stream ends with its own last event, no [DONE]
-                        self._completed(ctx, name, st, track)
-                        return
-                    ctx.events.append("finalised_without_done")
-                    last = fixed([], done=True)
-                    self._completed(ctx, name, st, track)
-                    yield join(last) + DONE
-                    return
-                out, done, fault = consume(track, batch)
-                if done:
-                    out = fixed(out, done=True)
-                    self._completed(ctx, name, st, track)
-                    yield join(out) + DONE
-                    return
-                out = fixed(out)
-                if out:
-                    yield join(out)
-        except UpstreamFault as exc:
-            fault = exc
-        except (aiohttp.ClientError, OSError) as exc:
-            fault = UpstreamFault("stream_cut", f"{type(exc).__name__}: {exc}")
-        except TimeoutError:
-            fault = UpstreamFault("stall", f"no data for {route.stream_idle_timeout:g}s")
-        except Exception as exc:  # a bug of ours: on the record, and an in-band error, never a silent cut
-            log.exception("relay of request %s failed", ctx.request_id)
-            self.metrics.internal_errors.labels("relay").inc()
-            ctx.status, ctx.error = 500, f"internal error: {type(exc).__name__}"
-            self.acct.finish(ctx, name)
-            yield in_band_error(track.native, ctx.request_id,
-                                f"Internal error in homelab-router (request {ctx.request_id})", "internal_error")
-            return
-        assert fault is not None
-        # Mid-stream failure: never a truncated success. It is the route's fault like any other (the
-        # one failure path: the circuit counts it, CUDA words poison it), and its slot and connection
-        # go back before the answer is finished elsewhere.
-        resp.close()
-        slot.release()
-        if repair is not None and repair.holding:
-            track.tool_calls = True  # cut inside a call: never continued mid-call, never half a call
-        await self.failed(ctx, name, st, fault_outcome(fault), where="mid_stream")
-        ctx.events.append(f"mid_stream:{name}:{fault.kind}")
-        if ctx.attempts:
-            ctx.attempts[-1].update(outcome="cut", detail=f"{fault.kind}: {fault.detail}"[:300],
-                                    usage={"completion_tokens": track.deltas, "counted": True})
-        cont_ok = False
-        async for chunk in self.continuation.answer(ctx, name, route, track):
-            cont_ok = True
-            yield chunk
-        if not cont_ok:
-            ctx.status = 502
-            ctx.error = f"{fault.kind}: {fault.detail}"
-            msg = f"The upstream '{name}' failed mid-answer ({fault.kind}: {fault.detail}); the answer is incomplete."
-            self.acct.finish(ctx, name)
-            yield in_band_error(track.native, ctx.request_id, msg, "upstream_stream_failed")
-
-
-def fault_outcome(fault: UpstreamFault) -> Outcome:
-    """A fault after the first byte, read like one before it: an in-band error by its words (CUDA text
-    poisons the route), a cut, stall or malformed chunk as a failure of the route."""
-    if fault.kind == "stream_error":
-        outcome = classify(200, ErrorBody.of_message(fault.detail))
-        if outcome.kind in ("poisoned", "fail"):
-            return outcome
-    return Outcome.failed(fault.kind, fault.detail)
-
-
-def in_band_error(native: str | None, request_id: str, message: str, code: str) -> bytes:
-    """The last event of a stream that failed, in the shape of the API the client speaks: OpenAI's
-    ``data: {"error": …}``, Anthropic's ``event: error``, or the Responses API's failure events."""
-    if native == "messages":
-        ev = {"type": "error", "error": {"type": "api_error", "message": message}}
-        return b"event: error\ndata: " + orjson.dumps(ev) + b"\n\n"
-    if native == "responses":
-        err = {"code": "server_error", "message": message}
-        failed = {"type": "response.failed", "response": {"id": f"resp_{request_id}", "object": "response",
-                                                          "status": "failed", "error": err, "output": []}}
-        return (b"event: error\ndata: " + orjson.dumps({"type": "error", **err, "param": None}) + b"\n\n"
-                + b"event: response.failed\ndata: " + orjson.dumps(failed) + b"\n\n")
-    return b"data: " + orjson.dumps(error_body(message, type_="server_error", code=code)) + b"\n\n"

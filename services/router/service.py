@@ -27,6 +27,7 @@ from services.router.policy import Policy, load_policy, parse_policy
 from services.router.preflight import Preflight
 from services.router.prober import Prober
 from services.router.proxy import Dispatcher
+from services.router.recovery import Recovery
 from services.router.shadow import Shadow, refuse_changes
 from services.router.state import RouteState
 from services.router.upstream import Upstream
@@ -108,7 +109,7 @@ class RouterService:
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None
         self.poison_listeners: list[Callable[[str, str], Awaitable[None]]] = []
-        self._recover_locks: dict[str, asyncio.Lock] = {}
+        self.recovery = Recovery(lambda: self.policy, lambda: self.states, self.recoveries)
         self.upstream: Upstream | None = None
         self.prober = Prober(lambda: self.policy, lambda: self.states, lambda: self.upstream, self.recoveries)
         self.started = time.time()
@@ -262,41 +263,3 @@ class RouterService:
             out[name] = {**st.snapshot(r.max_concurrency, r.continuation, cooldown), "model": r.model,
                          "base_url": r.base_url, "terminal": r.terminal, "vision": r.vision}
         return {"routes": out}
-
-    # ---- CUDA recovery ------------------------------------------------------------------------
-
-    def recover_lock(self, route: str) -> asyncio.Lock:
-        return self._recover_locks.setdefault(route, asyncio.Lock())
-
-    async def recover(self, name: str) -> dict[str, Any]:
-        """Run the route's recovery command (the caller holds its lock): killed after
-        ``recover_timeout``; the route is vouched for again only on exit 0."""
-        route = self.policy.routes[name]
-        st = self.states[name]
-        assert route.recover_command
-        st.recovering = True
-        t0 = time.monotonic()
-        returncode: int | None = None
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *route.recover_command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-            try:
-                async with asyncio.timeout(route.recover_timeout):
-                    out, _ = await proc.communicate()
-                returncode = proc.returncode
-                ok = returncode == 0
-                text = out.decode("utf-8", "replace")[-2000:]
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-                ok, text = False, f"killed: no exit within recover_timeout ({route.recover_timeout:g}s)"
-        except OSError as exc:
-            ok, text = False, str(exc)
-        finally:
-            st.recovering = False
-        if ok:
-            st.poisoned = False
-        record = {"route": name, "action": "recover_cuda", "ok": ok, "returncode": returncode,
-                  "seconds": round(time.monotonic() - t0, 3), "output": text}
-        self.recoveries.write(record)
-        return record

@@ -14,7 +14,9 @@ import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import topics
+from router_client.admin import AdminClient, AdminRefused
+from router_client.client import CallFailed
+from shared import admin_token, topics
 from shared.bus import Bus
 from shared.jsonl import iter_jsonl
 from shared.settings import Settings
@@ -27,15 +29,18 @@ def _router_base(settings: Settings) -> str:
 
 
 async def upstream_health(settings: Settings, client: httpx.AsyncClient, opts: dict[str, Any]) -> str:
-    # /stats carries the same per-route state as /admin/upstreams and needs no token
+    # /stats carries the same per-route state as /admin/upstreams: with the lab's admin token the errors
+    # keep their addresses, without one it still answers (counts, no names)
+    given = settings.admin_token.get_secret_value() if settings.admin_token else None
+    router = AdminClient(_router_base(settings), admin_token.resolve(settings.state_dir, given), client, timeout=10)
     try:
-        r = await client.get(f"{_router_base(settings)}/stats", timeout=10)
-    except httpx.HTTPError as exc:
-        return f"router unreachable at {_router_base(settings)}: {type(exc).__name__}"
-    if r.status_code != 200:
-        return f"router /stats answered HTTP {r.status_code}"
+        stats = await router.stats()
+    except AdminRefused as exc:
+        return f"router /stats answered HTTP {exc.status}"
+    except CallFailed:
+        return f"router unreachable at {_router_base(settings)}"
     bad = []
-    for name, st in r.json()["routes"].items():
+    for name, st in stats["routes"].items():
         if not st["healthy"] or st["drained"]:
             what = ("drained" if st["drained"] else "poisoned" if st["poisoned"] else
                     f"circuit {st['circuit']}" if st["circuit"] != "closed" else "failing probes")

@@ -6,15 +6,25 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 
+from services.sim_upstream.config import SimConfig
 from services.sim_upstream.shapes import answer_text, err, tokens
 
-if TYPE_CHECKING:
-    from services.sim_upstream.server import SimUpstream
+
+class SimUpstream(Protocol):
+    """What the native endpoints need of the simulated server (no import of it: no cycle)."""
+
+    requests: int
+    last_body: dict[str, Any] | None
+
+    @property
+    def config(self) -> SimConfig: ...
+
+    def cut_now(self) -> bool: ...
 
 
 async def _received(sim: SimUpstream, request: web.Request) -> dict[str, Any]:

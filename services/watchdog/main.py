@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import orjson
 
+from router_client.admin import AdminClient, AdminRefused
+from router_client.client import CallFailed
 from services.watchdog.core import Action, WatchdogCore
 from shared import admin_token
 from shared.alerts import Alerter
@@ -73,8 +75,8 @@ class Watchdog:
         self.core = WatchdogCore(self.cfg, set())
         self.router_base = settings.router_url.rstrip("/").removesuffix("/v1")
         given = settings.admin_token.get_secret_value() if settings.admin_token else None
-        token = admin_token.resolve(settings.state_dir, given) or ""
-        self.admin_headers = {"Authorization": f"Bearer {token}"}
+        self.admin = AdminClient(self.router_base, admin_token.resolve(settings.state_dir, given), client,
+                                 timeout=self.cfg.probe_timeout)
         self.router_reachable = True
         self.bus = bus
         self.client = client
@@ -84,11 +86,8 @@ class Watchdog:
     async def routes(self) -> dict[str, dict[str, Any]] | None:
         """Every route's state as the router sees it, or None when the router cannot say."""
         try:
-            r = await self.client.get(f"{self.router_base}/admin/upstreams", headers=self.admin_headers,
-                                      timeout=self.cfg.probe_timeout)
-            r.raise_for_status()
-            routes = r.json()["routes"]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            routes = await self.admin.upstreams()
+        except CallFailed as exc:
             if self.router_reachable:
                 log.warning("watchdog: cannot read the router's routes at %s/admin/upstreams (%s); no route is "
                           "judged until it answers", self.router_base, exc)
@@ -97,7 +96,7 @@ class Watchdog:
         if not self.router_reachable:
             log.warning("watchdog: the router answers again")
         self.router_reachable = True
-        return routes if isinstance(routes, dict) else None
+        return routes
 
     async def cuda_ok(self, route: str) -> bool | None:
         watched = self.cfg.routes.get(route)
@@ -147,11 +146,12 @@ class Watchdog:
         how = watched.cuda_recover if watched and watched.cuda_recover else None
         if how is None or how.kind == "router":
             try:
-                r = await self.client.post(f"{self.router_base}/admin/recover-cuda", json={"route": route},
-                                           headers=self.admin_headers, timeout=600)
-                return r.status_code == 200, r.text[-500:]
-            except httpx.HTTPError as exc:
-                return False, f"{type(exc).__name__}: {exc}"
+                record = await self.admin.recover_cuda(route)
+            except AdminRefused as exc:  # the command failed (500, its record), or the route may not
+                return False, orjson.dumps(exc.data).decode()[-500:]
+            except CallFailed as exc:
+                return False, str(exc)
+            return True, orjson.dumps(record).decode()[-500:]
         code, out = await run_argv(how.argv, 600)
         return code == 0, out
 
