@@ -365,8 +365,13 @@ class StreamTranslator(ChatStreamTranslator):
         if self.calls:
             stop_reason = "tool_use"
         usage = self.usage or {"input_tokens": self.input_tokens, "output_tokens": max(1, self.output_chars // 4)}
+        # message_start could only carry the router's estimate; the engine's real count goes in the final
+        # usage (cumulative, as Anthropic sends it), where Claude Code's context meter reads it
+        final = {"output_tokens": usage["output_tokens"]}
+        if self.usage is not None and self.usage["input_tokens"]:
+            final["input_tokens"] = self.usage["input_tokens"]
         out.append(self._ev("message_delta", delta={"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                            usage={"output_tokens": usage["output_tokens"]}))
+                            usage=final))
         out.append(self._ev("message_stop"))
         self.ended = True
         return out

@@ -107,8 +107,10 @@ def to_chat(body: Any) -> Translation:
             call = {"id": str(item.get("call_id") or item.get("id") or f"call_{i}"), "type": "function",
                     "function": {"name": str(item.get("name") or ""), "arguments": str(item.get("arguments") or "")}}
             last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant" and "tool_calls" in last and not last.get("content"):
-                last["tool_calls"].append(call)  # parallel calls: one assistant turn
+            if last is not None and last["role"] == "assistant":
+                # text then calls, or parallel calls: one assistant turn (templates that require the roles
+                # to alternate refuse two assistant turns in a row)
+                last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
@@ -224,7 +226,8 @@ def to_response(chat: Any, request: dict[str, Any], rid: str) -> dict[str, Any]:
 
 
 class StreamTranslator(ChatStreamTranslator):
-    """Chat Completions SSE → the Responses event stream, event by event."""
+    """Chat Completions SSE → the Responses event stream, event by event: output items in order, each
+    closed (its ``done`` events) before the next one opens."""
 
     def __init__(self, request: dict[str, Any], rid: str) -> None:
         super().__init__()
@@ -233,10 +236,9 @@ class StreamTranslator(ChatStreamTranslator):
         self.seq = 0
         self.created = int(time.time())
         self.model = str(request.get("model"))
-        self.text: list[str] = []
-        self.text_index: int | None = None
-        self.calls: dict[int, dict[str, Any]] = {}  # chat tool-call index → item (with output_index)
-        self.items = 0
+        self.items: list[dict[str, Any]] = []  # every output item so far, in order
+        self.open: dict[str, Any] | None = None  # the item being written
+        self.calls: dict[int, dict[str, Any]] = {}  # chat tool-call index → its item
         self.usage: dict[str, Any] | None = None
         self.finish: str | None = None
         self.started = False
@@ -251,6 +253,67 @@ class StreamTranslator(ChatStreamTranslator):
         shell = _shell(self.request, self.rid, self.model, self.created, "in_progress")
         return [self._ev("response.created", response=shell), self._ev("response.in_progress", response=shell)]
 
+    def _close(self) -> list[bytes]:
+        """The open item's done events (it is then final)."""
+        item, self.open = self.open, None
+        if item is None:
+            return []
+        n = item["output_index"]
+        if item["kind"] == "text":
+            text = "".join(item["parts"])
+            part = {"type": "output_text", "text": text, "annotations": []}
+            item["final"] = {**_message_item(self.rid, text), "id": item["id"]}
+            return [self._ev("response.output_text.done", item_id=item["id"], output_index=n, content_index=0,
+                             text=text),
+                    self._ev("response.content_part.done", item_id=item["id"], output_index=n, content_index=0,
+                             part=part),
+                    self._ev("response.output_item.done", output_index=n, item=item["final"])]
+        args = "".join(item["parts"])
+        item["final"] = _call_item(self.rid, item["n"], item["call_id"], item["name"], args)
+        return [self._ev("response.function_call_arguments.done", item_id=item["final"]["id"], output_index=n,
+                         arguments=args),
+                self._ev("response.output_item.done", output_index=n, item=item["final"])]
+
+    def _text(self, content: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self.open is None or self.open["kind"] != "text":
+            out += self._close()
+            texts = sum(1 for it in self.items if it["kind"] == "text")
+            item: dict[str, Any] = {"kind": "text", "output_index": len(self.items), "parts": [],
+                    "id": f"msg_{self.rid}" if not texts else f"msg_{self.rid}_{texts}"}
+            self.items.append(item)
+            self.open = item
+            out.append(self._ev("response.output_item.added", output_index=item["output_index"],
+                                item={**_message_item(self.rid, "", "in_progress"), "id": item["id"], "content": []}))
+            out.append(self._ev("response.content_part.added", item_id=item["id"], output_index=item["output_index"],
+                                content_index=0, part={"type": "output_text", "text": "", "annotations": []}))
+        assert self.open is not None
+        self.open["parts"].append(content)
+        out.append(self._ev("response.output_text.delta", item_id=self.open["id"],
+                            output_index=self.open["output_index"], content_index=0, delta=content))
+        return out
+
+    def _call(self, tc: dict[str, Any]) -> list[bytes]:
+        out: list[bytes] = []
+        idx = int(tc.get("index") or 0)
+        fn = tc.get("function") or {}
+        call = self.calls.get(idx)
+        if call is None:
+            out += self._close()
+            call = self.calls[idx] = {"kind": "call", "output_index": len(self.items), "n": idx, "parts": [],
+                                      "call_id": str(tc.get("id") or f"call_{idx}"), "name": str(fn.get("name") or "")}
+            self.items.append(call)
+            self.open = call
+            item = _call_item(self.rid, idx, call["call_id"], call["name"], "", "in_progress")
+            out.append(self._ev("response.output_item.added", output_index=call["output_index"], item=item))
+        elif fn.get("name") and not call["name"]:
+            call["name"] = str(fn["name"])
+        if fn.get("arguments"):
+            call["parts"].append(fn["arguments"])
+            out.append(self._ev("response.function_call_arguments.delta", item_id=f"fc_{self.rid}_{idx}",
+                                output_index=call["output_index"], delta=fn["arguments"]))
+        return out
+
     def feed(self, chunk: dict[str, Any]) -> list[bytes]:
         out: list[bytes] = [] if self.started else self._start()
         if isinstance(chunk.get("model"), str):
@@ -259,64 +322,21 @@ class StreamTranslator(ChatStreamTranslator):
             self.usage = _usage(chunk["usage"])
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
-            content = delta.get("content")
-            if content:
-                if self.text_index is None:
-                    self.text_index = self.items
-                    self.items += 1
-                    out.append(self._ev("response.output_item.added", output_index=self.text_index,
-                                        item={**_message_item(self.rid, "", "in_progress"), "content": []}))
-                    out.append(self._ev("response.content_part.added", item_id=f"msg_{self.rid}",
-                                        output_index=self.text_index, content_index=0,
-                                        part={"type": "output_text", "text": "", "annotations": []}))
-                self.text.append(content)
-                out.append(self._ev("response.output_text.delta", item_id=f"msg_{self.rid}",
-                                    output_index=self.text_index, content_index=0, delta=content))
+            if delta.get("content"):
+                out += self._text(delta["content"])
             for tc in delta.get("tool_calls") or ():
-                idx = int(tc.get("index") or 0)
-                fn = tc.get("function") or {}
-                call = self.calls.get(idx)
-                if call is None:
-                    call = self.calls[idx] = {"output_index": self.items, "n": idx,
-                                              "call_id": str(tc.get("id") or f"call_{idx}"),
-                                              "name": str(fn.get("name") or ""), "arguments": []}
-                    self.items += 1
-                    item = _call_item(self.rid, idx, call["call_id"], call["name"], "", "in_progress")
-                    out.append(self._ev("response.output_item.added", output_index=call["output_index"], item=item))
-                elif fn.get("name") and not call["name"]:
-                    call["name"] = str(fn["name"])
-                if fn.get("arguments"):
-                    call["arguments"].append(fn["arguments"])
-                    out.append(self._ev("response.function_call_arguments.delta", item_id=f"fc_{self.rid}_{idx}",
-                                        output_index=call["output_index"], delta=fn["arguments"]))
+                out += self._call(tc)
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
         return out
 
     def done(self) -> list[bytes]:
-        """The stream ended well: close every item and complete the response."""
+        """The stream ended well: close the last item and complete the response."""
         out: list[bytes] = [] if self.started else self._start()
-        output: list[tuple[int, dict[str, Any]]] = []
-        if self.text_index is not None:
-            text = "".join(self.text)
-            part = {"type": "output_text", "text": text, "annotations": []}
-            item = _message_item(self.rid, text)
-            out.append(self._ev("response.output_text.done", item_id=f"msg_{self.rid}", output_index=self.text_index,
-                                content_index=0, text=text))
-            out.append(self._ev("response.content_part.done", item_id=f"msg_{self.rid}",
-                                output_index=self.text_index, content_index=0, part=part))
-            out.append(self._ev("response.output_item.done", output_index=self.text_index, item=item))
-            output.append((self.text_index, item))
-        for idx, call in sorted(self.calls.items()):
-            args = "".join(call["arguments"])
-            item = _call_item(self.rid, idx, call["call_id"], call["name"], args)
-            out.append(self._ev("response.function_call_arguments.done", item_id=item["id"],
-                                output_index=call["output_index"], arguments=args))
-            out.append(self._ev("response.output_item.done", output_index=call["output_index"], item=item))
-            output.append((call["output_index"], item))
+        out += self._close()
         incomplete = self.finish == "length"
         final = _shell(self.request, self.rid, self.model, self.created, "incomplete" if incomplete else "completed")
-        final["output"] = [item for _, item in sorted(output, key=lambda x: x[0])]
+        final["output"] = [item["final"] for item in self.items]
         final["usage"] = self.usage
         if incomplete:
             final["incomplete_details"] = {"reason": "max_output_tokens"}

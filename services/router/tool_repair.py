@@ -1,6 +1,6 @@
 """A route's ``tool_parser`` at work on the request path: the engine is asked in a way it accepts, and
 the calls it wrote as text come back to the client as real ``tool_calls`` — in a whole answer, or in a
-stream (held until each call is whole). Bad markup comes back as written, on the record.
+stream (each call out as soon as its markup closes). Bad markup comes back as written, on the record.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from services.router.policy import Route
 from services.router.request import Ctx
 from services.router.schemas import validator
 from services.router.sse import sse_data
-from services.router.toolparse import Call, Format, ToolStream, parse
+from services.router.toolparse import Call, Format, ToolStream, parse, schemas_of
 from services.router.toolparse import ParseError as ToolParseError
 
 
@@ -80,7 +80,7 @@ def fix_answer(ctx: Ctx, acct: Accounting, name: str, fmt: Format, raw: bytes) -
     if not isinstance(text, str) or message.get("tool_calls"):
         return raw
     try:
-        before, calls = parse(fmt, text)
+        before, calls = parse(fmt, text, schemas_of(ctx.body.get("tools")))
     except ToolParseError as exc:
         _failed(ctx, acct, name, fmt, str(exc))
         return raw
@@ -101,26 +101,56 @@ def fix_answer(ctx: Ctx, acct: Accounting, name: str, fmt: Format, raw: bytes) -
 class StreamRepair:
     """Chat chunks in, chunks out with the markup turned into ``tool_calls`` deltas.
 
-    Content that may be markup is held; the chunk that finishes the answer (and the usage chunk
-    after it) is held until the calls are known, then goes out with ``finish_reason: "tool_calls"``.
+    Content that may be markup is held; each call goes out (id and name, then its arguments) as soon as
+    its markup closes; the chunk that finishes the answer (and the usage chunk after it) is held until
+    the last call is known, then goes out with ``finish_reason: "tool_calls"`` when there were calls.
     """
 
     def __init__(self, ctx: Ctx, acct: Accounting, route: str, fmt: Format) -> None:
         self.ctx, self.acct, self.route, self.fmt = ctx, acct, route, fmt
-        self.stream = ToolStream(fmt)
+        self.stream = ToolStream(fmt, schemas_of(ctx.body.get("tools")))
         self.template: dict[str, Any] = {}
         self.tail: list[dict[str, Any]] = []  # the finishing chunk and what follows it
+        self.given = 0  # calls given out so far (their stream indices)
+        self.noted = False
 
     @property
     def holding(self) -> bool:
-        """A call has started and is not whole yet: the answer must not be continued elsewhere."""
+        """A call has started and is not whole yet: the answer must not be spliced mid-call."""
         return self.stream.holding
+
+    @property
+    def text_sent(self) -> str:
+        """The answer's text the client has (before any call)."""
+        return self.stream.sent
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         chunk = {"id": self.template.get("id", f"chatcmpl-{self.ctx.request_id}"), "object": "chat.completion.chunk",
                  "created": self.template.get("created", int(time.time())), "model": self.template.get("model", ""),
                  "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
         return b"data: " + orjson.dumps(chunk)
+
+    def _text_and_calls(self, text: str) -> list[bytes]:
+        """Text through the reader: the safe text, then every call that closed, each checked."""
+        safe, calls = self.stream.feed(text)
+        out = [self._chunk({"content": safe})] if safe else []
+        return out + self._calls(calls)
+
+    def _calls(self, calls: list[Call]) -> list[bytes]:
+        out: list[bytes] = []
+        for call in calls:
+            refused = _check(self.ctx, self.acct, self.route, [call])
+            if refused is not None:  # from here on, the answer as the engine wrote it
+                _failed(self.ctx, self.acct, self.route, self.fmt, refused)
+                self.noted = True
+                out.append(self._chunk({"content": self.stream.refuse(refused)}))
+                break
+            i, self.given = self.given, self.given + 1
+            out.append(self._chunk({"tool_calls": [{"index": i, "id": call.id, "type": "function",
+                                                    "function": {"name": call.name, "arguments": ""}}]}))
+            out.append(self._chunk({"tool_calls": [{"index": i, "function": {"arguments": call.arguments}}]}))
+            self.acct.metrics.tool_calls_parsed.labels(self.route, self.fmt).inc()
+        return out
 
     def events(self, events: list[bytes]) -> list[bytes]:
         """Relayed SSE events in (``data: [DONE]`` excluded), the events to send now out."""
@@ -144,48 +174,31 @@ class StreamRepair:
             text = delta.get("content")
             finishing = bool(choices[0].get("finish_reason")) or bool(self.tail)
             if isinstance(text, str) and text:
-                safe = self.stream.feed(text)
                 rest = {k: v for k, v in delta.items() if k != "content"}
-                if safe and not finishing:
-                    choices[0]["delta"] = {**rest, "content": safe}
-                    out.append(b"data: " + orjson.dumps(chunk))
-                    continue
-                if safe:
-                    out.append(self._chunk({"content": safe}))
+                out += self._text_and_calls(text)
                 choices[0]["delta"] = rest
-                if not rest and not finishing:
-                    continue  # all of it held back
                 if not finishing:
-                    out.append(b"data: " + orjson.dumps(chunk))
+                    if rest:  # the role, say: what the chunk carried besides its text
+                        out.append(b"data: " + orjson.dumps(chunk))
                     continue
             elif not finishing:
                 out.append(ev)
                 continue
-            self.tail.append(chunk)  # the finish (and what follows): held until the calls are known
+            self.tail.append(chunk)  # the finish (and what follows): held until the last call is known
         return out
 
     def finish(self) -> list[bytes]:
-        """The stream ended well: what was held, the calls, then the held finish and usage."""
-        out: list[bytes] = []
+        """The stream ended well: what was held, the last call, then the held finish and usage."""
         text, calls, error = self.stream.finish()
-        if error is None and calls:
-            refused = _check(self.ctx, self.acct, self.route, calls)
-            if refused is not None:  # the answer as the engine wrote it
-                error, text, calls = refused, self.stream.last_held, []
-        if error is not None:
+        if error is not None and not self.noted:
             _failed(self.ctx, self.acct, self.route, self.fmt, error)
-        if text:
-            out.append(self._chunk({"content": text}))
-        for i, call in enumerate(calls):
-            out.append(self._chunk({"tool_calls": [{"index": i, "id": call.id, "type": "function",
-                                                    "function": {"name": call.name, "arguments": ""}}]}))
-            out.append(self._chunk({"tool_calls": [{"index": i, "function": {"arguments": call.arguments}}]}))
-        if calls:
-            self.acct.metrics.tool_calls_parsed.labels(self.route, self.fmt).inc(len(calls))
-            self.ctx.events.append(f"tool_calls_parsed:{self.fmt}:{len(calls)}")
+        out = [self._chunk({"content": text})] if text else []
+        out += self._calls(calls)
+        if self.given:
+            self.ctx.events.append(f"tool_calls_parsed:{self.fmt}:{self.given}")
         for chunk in self.tail:
             choices = chunk.get("choices") or []
-            if calls and choices and choices[0].get("finish_reason"):
+            if self.given and choices and choices[0].get("finish_reason"):
                 choices[0]["finish_reason"] = "tool_calls"
             out.append(b"data: " + orjson.dumps(chunk))
         self.tail = []

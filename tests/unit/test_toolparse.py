@@ -29,16 +29,23 @@ def test_each_format_whole_and_streamed_a_character_at_a_time(fmt: str, text: st
     got_before, calls = parse(fmt, text)  # type: ignore[arg-type]
     assert got_before == before and [(c.name, json.loads(c.arguments)) for c in calls] == [("f", {"a": 1})]
     s = ToolStream(fmt)  # type: ignore[arg-type]
-    sent = "".join(s.feed(ch) for ch in text)
-    rest, streamed, error = s.finish()
+    sent, streamed = "", []
+    for ch in text:
+        safe, closed = s.feed(ch)
+        sent, streamed = sent + safe, streamed + closed
+    rest, last, error = s.finish()
     assert error is None and (sent + rest).strip() == before.strip()
-    assert [(c.name, c.arguments) for c in streamed] == [("f", calls[0].arguments)]
+    assert [(c.name, c.arguments) for c in streamed + last] == [("f", calls[0].arguments)]
 
 
-def test_glm_values_are_kept_verbatim_and_json_values_decoded() -> None:
-    _, (call,) = parse("glm45", "<tool_call>w<arg_key>content</arg_key><arg_value>pong\n</arg_value>"
-                                "<arg_key>n</arg_key><arg_value>[1, 2]</arg_value></tool_call>")
-    assert json.loads(call.arguments) == {"content": "pong\n", "n": [1, 2]}
+def test_glm_values_are_typed_by_the_tools_schema() -> None:
+    text = ("<tool_call>w\n<arg_key>content</arg_key><arg_value>pong\n</arg_value>"
+            "<arg_key>n</arg_key><arg_value>[1, 2]</arg_value></tool_call>")
+    schemas = {"w": {"type": "object", "properties": {"content": {"type": "string"}, "n": {"type": "array"}}}}
+    _, (call,) = parse("glm45", text, schemas)
+    assert json.loads(call.arguments) == {"content": "pong\n", "n": [1, 2]}  # a string stays as written
+    _, (call,) = parse("glm45", text)  # no schema says string: read as a value, trimmed (as vLLM does)
+    assert json.loads(call.arguments) == {"content": "pong", "n": [1, 2]}
 
 
 @pytest.mark.parametrize("text", ['<tool_call>{"name": "f"', '<tool_call>{"name": f}</tool_call>',
@@ -47,15 +54,15 @@ def test_broken_markup_is_an_error_never_a_call(text: str) -> None:
     with pytest.raises(ParseError):
         parse("hermes", text)
     s = ToolStream("hermes")
-    s.feed(text)
-    rest, calls, error = s.finish()
-    assert calls == [] and error is not None and rest == text  # the text as the engine wrote it
+    safe, calls = s.feed(text)
+    rest, last, error = s.finish()
+    assert calls == last == [] and error is not None and safe + rest == text  # the text as the engine wrote it
 
 
 def test_text_that_only_looks_like_a_tag_goes_out_when_it_is_not_one() -> None:
     s = ToolStream("hermes")
-    assert s.feed("a <to") == "a "
-    assert s.feed("y> b") == "<toy> b"
+    assert s.feed("a <to") == ("a ", [])
+    assert s.feed("y> b") == ("<toy> b", [])
 
 
 class _Ctx:
