@@ -32,10 +32,14 @@ def format_for(ctx: Ctx, route: Route) -> Format | None:
 def request_changes(ctx: Ctx, route: Route) -> dict[str, Any]:
     """An engine without a tool parser answers ``tool_choice: "auto"`` (and a missing one, which vLLM
     takes as auto) with a 400; ``"none"`` keeps the tools in the prompt through the chat template."""
-    if format_for(ctx, route) is None:
+    fmt = format_for(ctx, route)
+    if fmt is None:
         return {}
     choice = ctx.body.get("tool_choice")
-    return {"tool_choice": "none"} if choice in (None, "auto") else {}
+    changes: dict[str, Any] = {"tool_choice": "none"} if choice in (None, "auto") else {}
+    if fmt == "mistral":
+        changes["skip_special_tokens"] = False  # [TOOL_CALLS] is a special token: stripped, no call can be read
+    return changes
 
 
 def _check(ctx: Ctx, acct: Accounting, route: str, calls: list[Call]) -> str | None:

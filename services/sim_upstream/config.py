@@ -63,6 +63,7 @@ class SimConfig(BaseModel):
     tool_calls_n: int = 1  # calls in one answer (the same call, n times)
     tool_preamble: str = ""  # text the model writes before its call
     tool_markup: str | None = None  # exactly this text instead of the call (broken markup, say)
+    piece_chars: int | None = None  # stream the answer this many characters a delta (None: a word a delta)
     # False: vLLM started without --enable-auto-tool-choice: tools with tool_choice auto (or none given) → 400
     auto_tool_choice: bool = True
     tool_call_any: bool = False  # with no tool_call set: call the first tool offered, with no arguments

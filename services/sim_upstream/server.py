@@ -42,6 +42,7 @@ class SimUpstream:
         self.port = port
         self.active = 0
         self.peak = 0  # the most chat requests it held at once
+        self.written = 0  # content pieces written by the stream being sent (what the engine has produced)
         self.requests = 0
         self.faults_served = 0
         self.arrivals: list[float] = []  # when each chat request came in (monotonic)
@@ -258,6 +259,8 @@ class SimUpstream:
                 text = " ".join(prefix.split(" ")[-3:]) + text
         n_prompt = prompt_tokens(messages, open_last and not c.flat_prompt_tokens)
         pieces = tokens(text) if text else []
+        if c.piece_chars and text:
+            pieces = [text[i:i + c.piece_chars] for i in range(0, len(text), c.piece_chars)]
         if isinstance(body.get("max_tokens"), int):
             pieces = pieces[:max(0, body["max_tokens"])]
             text = "".join(pieces)
@@ -361,6 +364,7 @@ class SimUpstream:
             if i and c.per_token:
                 await asyncio.sleep(c.per_token)
             await resp.write(chunk({"content": piece}))
+            self.written = i + 1
         await resp.write(chunk({}, "stop"))
         if (body.get("stream_options") or {}).get("include_usage") and c.engine != "llamacpp":
             ev = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": c.model,
