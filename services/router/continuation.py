@@ -99,7 +99,8 @@ class Continuation:
         self.acct = acct
         self._states = states
 
-    async def answer(self, ctx: Ctx, name: str, route: Route, track: StreamTrack) -> AsyncIterator[bytes]:
+    async def answer(self, ctx: Ctx, name: str, route: Route, track: StreamTrack,
+                     partial: str | None = None) -> AsyncIterator[bytes]:
         """Finish the answer on the failover route, in the modes it allows (prefill first, then instruct).
 
         The failover's slot is taken through the same admission as any request (its cap, drain, circuit,
@@ -121,7 +122,7 @@ class Continuation:
         try:
             for mode in [m for m in troute.continuation if m not in st.continuation_blocked]:
                 state: dict[str, Any] = {}
-                async for chunk in self._once(ctx, name, target, troute, st, track, mode, state):
+                async for chunk in self._once(ctx, name, target, troute, st, track, mode, state, partial):
                     yield chunk
                 if not state.get("rejected"):
                     return  # answered, or failed after output (an error event went out), or failed hard
@@ -145,9 +146,11 @@ class Continuation:
             return None
         return {key: min(rest, room)}
 
-    async def _once(self, ctx: Ctx, name: str, target: str, troute: Route, st: RouteState,
-                    track: StreamTrack, mode: str, state: dict[str, Any]) -> AsyncIterator[bytes]:
-        partial = "".join(track.text)
+    async def _once(self, ctx: Ctx, name: str, target: str, troute: Route, st: RouteState, track: StreamTrack,
+                    mode: str, state: dict[str, Any], given: str | None = None) -> AsyncIterator[bytes]:
+        """One try in one mode. ``given``: the text the client has, when it is not all the route wrote
+        (markup cut inside a call is the client's only as the call the failover will write)."""
+        partial = "".join(track.text) if given is None else given
         if mode == "prefill":
             extra: dict[str, Any] = {
                 "messages": [*ctx.body["messages"], {"role": "assistant", "content": partial}],

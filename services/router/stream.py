@@ -21,9 +21,9 @@ from services.router.policy import Route
 from services.router.relay import StreamTrack, consume
 from services.router.request import DONE, FINISH_GRACE, Ctx
 from services.router.slots import Slot
-from services.router.sse import SSEReader, join
+from services.router.sse import SSEBuffer, SSEReader, join
 from services.router.state import RouteState
-from services.router.tool_repair import StreamRepair
+from services.router.tool_repair import StreamRepair, format_for
 
 log = logging.getLogger("homelab.router.relay")
 
@@ -117,15 +117,23 @@ class StreamRelay:
         # go back before the answer is finished elsewhere.
         resp.close()
         slot.release()
-        if repair is not None and repair.holding:
-            track.tool_calls = True  # cut inside a call: never continued mid-call, never half a call
+        partial: str | None = None
+        if repair is not None:
+            if repair.given:
+                track.tool_calls = True  # calls already went out: a prefill cannot carry them, never spliced
+            else:
+                # cut inside a call (or with text held that may start one): the partial markup is dropped
+                # and the failover goes on from the text the client has, so that it writes the call whole
+                partial = repair.text_sent
+                if repair.holding:
+                    ctx.events.append(f"cut_inside_call:{name}")
         await self.faults.failed(ctx, name, st, fault_outcome(fault), where="mid_stream")
         ctx.events.append(f"mid_stream:{name}:{fault.kind}")
         if ctx.attempts:
             ctx.attempts[-1].update(outcome="cut", detail=f"{fault.kind}: {fault.detail}"[:300],
                                     usage={"completion_tokens": track.deltas, "counted": True})
         cont_ok = False
-        async for chunk in self.continuation.answer(ctx, name, route, track):
+        async for chunk in self._continued(ctx, name, route, track, partial):
             cont_ok = True
             yield chunk
         if not cont_ok:
@@ -134,6 +142,30 @@ class StreamRelay:
             msg = f"The upstream '{name}' failed mid-answer ({fault.kind}: {fault.detail}); the answer is incomplete."
             self.acct.finish(ctx, name)
             yield in_band_error(track.native, ctx.request_id, msg, "upstream_stream_failed")
+
+
+    async def _continued(self, ctx: Ctx, name: str, route: Route, track: StreamTrack,
+                         partial: str | None) -> AsyncIterator[bytes]:
+        """The continuation's bytes — through the failover route's own tool parser when it has one, so a
+        call it writes reaches the client as a call, whole."""
+        target = ctx.policy.routes.get(route.failover or "")
+        fmt = format_for(ctx, target) if target is not None else None
+        if fmt is None or route.failover is None:
+            async for chunk in self.continuation.answer(ctx, name, route, track, partial):
+                yield chunk
+            return
+        repair = StreamRepair(ctx, self.acct, route.failover, fmt)
+        events = SSEBuffer()
+        async for chunk in self.continuation.answer(ctx, name, route, track, partial):
+            got = events.feed(chunk)
+            done = bool(got) and got[-1] == DONE.strip()
+            out = repair.events(got[:-1] if done else got)
+            if done:
+                out += repair.finish()
+                yield join(out) + DONE
+                return
+            if out:
+                yield join(out)
 
 
 def in_band_error(native: str | None, request_id: str, message: str, code: str) -> bytes:

@@ -244,7 +244,8 @@ class SimUpstream:
                 and markup_anyway:
             first = (body["tools"][0].get("function") or {}) if isinstance(body["tools"][0], dict) else {}
             c = c.model_copy(update={"tool_call": {"name": str(first.get("name") or "tool"), "arguments": {}}})
-        if c.tool_call and body.get("tools") and last.get("role") == "user":
+        # a call is written for a user's turn, and by a model asked to go on with an answer (a continuation)
+        if c.tool_call and body.get("tools") and (last.get("role") == "user" or prefix):
             if c.tool_format == "native":
                 return await self._tool_call(request, body, c, messages)
             text = c.tool_preamble + (c.tool_markup if c.tool_markup is not None else

@@ -229,3 +229,33 @@ def test_the_first_call_reaches_the_client_before_the_engine_writes_the_second(l
     # the first call went out while the engine had written little more than it
     assert seen.get("first") and seen["written"] < pieces / 2, (seen, pieces)
     assert seen.get("second") == "notify"
+
+
+# ---- a stream that dies inside a call ----------------------------------------------------------
+
+GLM_WRITE = ("Let me write it.<tool_call>Write\n<arg_key>file_path</arg_key><arg_value>notes.txt</arg_value>"
+             "<arg_key>content</arg_key><arg_value>hello\n</arg_value></tool_call>")
+HERMES_WRITE = {"name": "Write", "arguments": {"file_path": "notes.txt", "content": "hello\n"}}
+
+
+def test_a_call_cut_mid_markup_is_finished_whole_by_the_failover(lab: Lab, client: OpenAI) -> None:
+    """ubuntu-6000 (GLM markup) dies inside its call; spark goes on from the text the client has and
+    writes the call in its own markup (hermes), which spark's parser turns into the client's call."""
+    engine_writes(lab, "glm45", GLM_WRITE, piece_chars=5, fault="cut", fault_after=8)
+    lab.configure("spark", tool_call=HERMES_WRITE, tool_format="hermes", auto_tool_choice=False)
+    text, calls, finish = streamed(client)
+    assert text == "Let me write it."
+    assert calls == [("Write", {"file_path": "notes.txt", "content": "hello\n"})] and finish == "tool_calls"
+    sent = lab.sims["spark"].last_body or {}
+    assert sent["messages"][-1] == {"role": "assistant", "content": "Let me write it."}  # no half markup
+    line = httpx.get(lab.url + "/stats", timeout=10)  # the router is still well
+    assert line.status_code == 200
+
+
+def test_a_call_cut_mid_markup_with_no_failover_to_finish_it_ends_with_the_error(lab: Lab, client: OpenAI) -> None:
+    engine_writes(lab, "glm45", GLM_WRITE, piece_chars=5, fault="cut", fault_after=8)
+    lab.configure("spark", fault="http_500")
+    r = httpx.post(lab.base_url + "/chat/completions", timeout=20, json={
+        "model": "homelab/code", "messages": ASK, "tools": TOOLS, "stream": True})
+    assert "upstream_stream_failed" in r.text and "[DONE]" not in r.text
+    assert '"tool_calls"' not in r.text  # never half a call
