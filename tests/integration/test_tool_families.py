@@ -259,3 +259,53 @@ def test_a_call_cut_mid_markup_with_no_failover_to_finish_it_ends_with_the_error
         "model": "homelab/code", "messages": ASK, "tools": TOOLS, "stream": True})
     assert "upstream_stream_failed" in r.text and "[DONE]" not in r.text
     assert '"tool_calls"' not in r.text  # never half a call
+
+
+# ---- the Responses and Messages APIs -----------------------------------------------------------
+
+def events_of(body: str) -> list[dict[str, Any]]:
+    return [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
+
+
+def test_responses_stream_items_in_order_each_closed_before_the_next(lab: Lab) -> None:
+    engine_writes(lab, "hermes", 'I will check.<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+                                 '<tool_call>{"name": "search", "arguments": {"query": "q"}}</tool_call>',
+                  piece_chars=3)
+    tools = [{"type": "function", "name": t["function"]["name"], "parameters": t["function"]["parameters"]}
+             for t in TOOLS]
+    r = httpx.post(lab.base_url + "/responses", timeout=20, json={
+        "model": "homelab/code", "input": "Refactor this function", "tools": tools, "stream": True, "store": False})
+    seen = [(e["type"], e.get("output_index")) for e in events_of(r.text)
+            if e["type"] in ("response.output_item.added", "response.output_item.done")]
+    assert seen == [("response.output_item.added", 0), ("response.output_item.done", 0),
+                    ("response.output_item.added", 1), ("response.output_item.done", 1),
+                    ("response.output_item.added", 2), ("response.output_item.done", 2)]
+    final = events_of(r.text)[-1]["response"]
+    assert [o["type"] for o in final["output"]] == ["message", "function_call", "function_call"]
+
+
+def test_responses_text_and_its_calls_are_one_assistant_turn_for_the_engine(lab: Lab) -> None:
+    r = httpx.post(lab.base_url + "/responses", timeout=20, json={
+        "model": "homelab/chat", "store": False, "input": [
+            {"role": "user", "content": "What time is it?"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+            {"type": "function_call", "call_id": "c1", "name": "get_time", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "12:00"}]})
+    assert r.status_code == 200
+    roles = [m["role"] for m in (lab.sims["win-5090"].last_body or {})["messages"]]
+    assert roles == ["user", "assistant", "tool"]
+    turn = (lab.sims["win-5090"].last_body or {})["messages"][1]
+    assert turn["content"] == "Checking." and turn["tool_calls"][0]["function"]["name"] == "get_time"
+
+
+def test_messages_final_usage_carries_the_engines_prompt_tokens(lab: Lab) -> None:
+    from services.sim_upstream.shapes import prompt_tokens
+
+    r = httpx.post(lab.base_url + "/messages", timeout=20, json={
+        "model": "claude-sonnet-4-5", "max_tokens": 1000, "stream": True, "system": "You are terse. " * 50,
+        "messages": [{"role": "user", "content": "Refactor this function"}]})
+    evs = events_of(r.text)
+    start = next(e for e in evs if e["type"] == "message_start")["message"]["usage"]["input_tokens"]
+    final = next(e for e in evs if e["type"] == "message_delta")["usage"]
+    engine = prompt_tokens((lab.sims["ubuntu-6000"].last_body or {})["messages"], False)
+    assert final["input_tokens"] == engine != start  # the estimate first, the engine's count at the end
