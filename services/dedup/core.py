@@ -4,6 +4,11 @@ The first event is forwarded at once; later ones are dropped. State is SQLite, s
 dedup (or ring-mqtt replaying its state) fires nothing again. A forwarded event is kept in the
 ``outbox`` table, in the same transaction that marks it seen, until the broker has acknowledged its
 publish: a restart during a broker outage sends it then, instead of losing it.
+
+The store holds what the windows need and no more, pruned as it goes (every ``prune_every`` seconds
+of event traffic, a quarter of the shorter window): identities for ``identity_ttl``, forwards for
+``max(window × 10, 1 h)`` (late triggers still merge), the outbox until the broker acknowledges.
+Two dedup processes may share one store (one state directory): each decision is one write transaction.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ Verdict = Literal["forward", "duplicate", "merged"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (identity TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS seen_at ON seen (at);
 CREATE TABLE IF NOT EXISTS forwarded (
     camera TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, at REAL NOT NULL, event_id TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS forwarded_key ON forwarded (camera, kind, at);
@@ -47,13 +53,25 @@ class Deduper:
         self.db = store.db
         self.cfg = cfg
         self.counts: dict[str, int] = {"forward": 0, "duplicate": 0, "merged": 0}
+        self.pruned_at = 0.0
         for name, value in self.db.execute("SELECT name, value FROM counters"):
             self.counts[name] = value
 
+    @property
+    def keep_forwarded(self) -> float:
+        return max(self.cfg.window * 10, 3600.0)
+
+    @property
+    def prune_every(self) -> float:
+        """A quarter of the shorter window: nothing outlives its window by more than that."""
+        return min(self.cfg.identity_ttl, self.keep_forwarded) / 4
+
     def decide(self, ev: CameraEvent, now: float) -> DedupDecision:
         """Decide and record; call once per received event."""
+        if now - self.pruned_at >= self.prune_every:
+            self.prune(now)
         db = self.db
-        db.execute("BEGIN")
+        db.execute("BEGIN IMMEDIATE")  # another dedup on the same store waits: one decision at a time
         try:
             if db.execute("SELECT 1 FROM seen WHERE identity = ?", (ev.event_id,)).fetchone():
                 decision = self._count(DedupDecision("duplicate"))
@@ -92,8 +110,15 @@ class Deduper:
         return [(r[0], bytes(r[1])) for r in self.db.execute("SELECT event_id, payload FROM outbox")]
 
     def prune(self, now: float) -> None:
+        """Forget what no window needs any more."""
+        self.pruned_at = now
         self.db.execute("DELETE FROM seen WHERE at < ?", (now - self.cfg.identity_ttl,))
-        self.db.execute("DELETE FROM forwarded WHERE at < ?", (now - max(self.cfg.window * 10, 3600),))
+        self.db.execute("DELETE FROM forwarded WHERE at < ?", (now - self.keep_forwarded,))
+
+    def rows(self) -> dict[str, int]:
+        """How much the store holds (what bounds it: the windows)."""
+        return {t: int(self.db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
+                for t in ("seen", "forwarded", "outbox")}
 
     def _count(self, d: DedupDecision) -> DedupDecision:
         self.counts[d.verdict] += 1

@@ -34,11 +34,19 @@ class Snoozes:
         return got if got is not None and got[0] > time.time() else None
 
     async def on_set(self, camera: str, msg: SnoozeSet) -> None:
-        """A snooze set (or cancelled) from Home Assistant: kept, shown back, and ended on time."""
+        """A snooze set (or cancelled) from Home Assistant: kept, shown back, and ended on time. A request
+        past the cap gets its capped end once, when it first arrives; read back again at a start (it is
+        retained) it keeps that end, so a capped snooze ends however often the notifier restarts."""
         now = time.time()
-        until = min(msg.until, now + MAX_SNOOZE) if msg.until > now else 0.0
-        if self.until.get(camera, (0.0, None))[0] == until and camera in self._expiries:
-            return  # the retained message read back at start, or a repeat: nothing new
+        asked = self.store.snooze_ask(camera)
+        if asked is not None and asked[:2] == (msg.until, msg.by) and msg.until > 0:
+            # the retained request read back at a start (or repeated): its end was set when it first came
+            until = asked[2] if asked[2] > now else 0.0
+        else:
+            until = min(msg.until, now + MAX_SNOOZE) if msg.until > now else 0.0
+            self.store.ask_snooze(camera, msg.until if until else 0.0, msg.by, until)
+        if self.until.get(camera, (0.0, None))[0] == until and (camera in self._expiries or not until):
+            return  # nothing new
         self.store.snooze(camera, until, msg.by)
         if until:
             self.until[camera] = (until, msg.by)

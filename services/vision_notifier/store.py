@@ -29,6 +29,14 @@ CREATE TABLE IF NOT EXISTS snoozes (
     until REAL NOT NULL,
     by TEXT
 );
+-- each camera's last snooze request as it was asked, and the end it was given then (capped once): the
+-- retained request read back at a start is recognised and keeps its end, even after that end has passed
+CREATE TABLE IF NOT EXISTS snooze_asks (
+    camera TEXT PRIMARY KEY,
+    asked REAL NOT NULL,
+    by TEXT,
+    until REAL NOT NULL
+);
 """
 
 
@@ -90,6 +98,18 @@ class NotifierStore:
             self.db.execute("INSERT OR REPLACE INTO snoozes (camera, until, by) VALUES (?, ?, ?)", (camera, until, by))
         else:
             self.db.execute("DELETE FROM snoozes WHERE camera = ?", (camera,))
+
+    def snooze_ask(self, camera: str) -> tuple[float, str | None, float] | None:
+        """The last request for ``camera`` (asked, by) and the end it was given."""
+        row = self.db.execute("SELECT asked, by, until FROM snooze_asks WHERE camera = ?", (camera,)).fetchone()
+        return (float(row[0]), row[1], float(row[2])) if row else None
+
+    def ask_snooze(self, camera: str, asked: float, by: str | None, until: float) -> None:
+        if asked > 0:
+            self.db.execute("INSERT OR REPLACE INTO snooze_asks (camera, asked, by, until) VALUES (?, ?, ?, ?)",
+                            (camera, asked, by, until))
+        else:
+            self.db.execute("DELETE FROM snooze_asks WHERE camera = ?", (camera,))
 
     def close(self) -> None:
         self.db.close()

@@ -1,0 +1,84 @@
+"""The camera pipeline over months, at its MQTT edge with a real Mosquitto: dedup's store holds what its
+windows need and no more; a snooze ends when it was set to end, however often the notifier restarts."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from services.dedup.main import main as dedup_main
+from shared import topics
+from shared.settings import DedupSettings, Settings
+from tests.broker import Broker
+from tests.harness import BackgroundLoop
+from tests.pipeline import Collector, Service, publish
+
+
+def raw_event(i: int, at: float, camera: str = "driveway") -> bytes:
+    return orjson.dumps({"event_id": f"frigate:ev-{i}", "source": "frigate", "camera": camera, "kind": "person",
+                         "label": "person", "score": 0.9, "started_at": at, "trace_id": f"t{i}"})
+
+
+def rows(state: Path) -> dict[str, int]:
+    db = sqlite3.connect(f"file:{state / 'dedup.sqlite3'}?mode=ro", uri=True)
+    try:
+        return {t: int(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in ("seen", "outbox")}
+    finally:
+        db.close()
+
+
+def test_dedup_prunes_as_it_goes(bg: BackgroundLoop, broker: Broker, tmp_path: Path) -> None:
+    settings = Settings(mqtt_url=broker.url(), state_dir=tmp_path / "state", log_dir=tmp_path / "logs",
+                        dedup=DedupSettings(identity_ttl=2.0, window=0))
+    unique = Collector(bg, broker.url(), topics.UNIQUE)
+    dedup = Service(bg, dedup_main, settings)
+    try:
+        now = time.time()
+        publish(bg, broker.url(), [(topics.RAW, raw_event(i, now)) for i in range(200)])
+        assert unique.wait(lambda: len(unique.on(topics.UNIQUE)) == 200, 20)
+        assert rows(settings.state_dir)["seen"] == 200
+        time.sleep(2.6)  # the identity window has passed (and a prune's cadence: a quarter of it)
+        publish(bg, broker.url(), [(topics.RAW, raw_event(1000, time.time()))])
+        assert unique.wait(lambda: len(unique.on(topics.UNIQUE)) == 201, 10)
+        time.sleep(0.2)
+        held = rows(settings.state_dir)
+        assert held["seen"] == 1 and held["outbox"] == 0  # the same process, no restart: what the window needs
+    finally:
+        dedup.stop()
+        unique.close()
+
+
+def _snooze_state(c: Collector, camera: str) -> dict[str, Any]:
+    return dict(c.json_on(f"homelab/cameras/{camera}/snooze")[-1])
+
+
+def test_a_capped_snooze_keeps_its_end_across_restarts(bg: BackgroundLoop, broker: Broker, tmp_path: Path) -> None:
+    from services.vision_notifier.main import main as notifier_main
+    from tests.pipeline import wait_online
+
+    settings = Settings(mqtt_url=broker.url(), state_dir=tmp_path / "state", log_dir=tmp_path / "logs")
+    states = Collector(bg, broker.url(), "homelab/cameras/+/snooze")
+    n = Service(bg, notifier_main, settings)
+    try:
+        wait_online(bg, broker)
+        far = time.time() + 400 * 86400  # a typo: more than a year ahead, capped at 30 days
+        publish(bg, broker.url(), [("homelab/cameras/garden/snooze/set",
+                                    orjson.dumps({"until": far, "by": "phone"}))], retain=True)
+        assert states.wait(lambda: any(s.get("snoozed") for s in states.json_on("homelab/cameras/garden/snooze")))
+        end = _snooze_state(states, "garden")["until"]
+        assert end < far and abs(end - (time.time() + 30 * 86400)) < 60
+        for _ in range(2):  # restarted twice, a moment apart: the retained set message is read back each time
+            n.stop()
+            time.sleep(1.0)
+            seen = len(states.on("homelab/cameras/garden/snooze"))
+            n.start()
+            assert states.wait(lambda seen=seen: len(states.on("homelab/cameras/garden/snooze")) > seen)
+            assert _snooze_state(states, "garden")["until"] == end  # not "now + 30 days" again
+    finally:
+        if n.alive():
+            n.stop()
+        states.close()
