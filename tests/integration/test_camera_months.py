@@ -82,3 +82,40 @@ def test_a_capped_snooze_keeps_its_end_across_restarts(bg: BackgroundLoop, broke
         if n.alive():
             n.stop()
         states.close()
+
+
+# ---- exactly one push per channel across a broker outage ---------------------------------------
+
+def test_a_broker_outage_pushes_each_event_once(bg: BackgroundLoop, broker: Broker, lab: Any, frigate: Any,
+                                                tmp_path: Path) -> None:
+    from services.vision_notifier.main import main as notifier_main
+    from shared.settings import NotifierSettings
+    from tests.integration.test_notifier import POSITIVE, camera_event, send
+    from tests.pipeline import wait_online
+
+    lab.configure("ubuntu-4090", json_answer=POSITIVE, ttft=1.0)  # the pushes come while the broker is away
+    settings = Settings(mqtt_url=broker.url(), router_url=lab.base_url, frigate_url=frigate.url,
+                        state_dir=tmp_path / "state", log_dir=tmp_path / "logs",
+                        notifier=NotifierSettings(classifier_timeout=5, senior_timeout=5, channel_timeout=1,
+                                                  channel_retries=2, first_push_deadline=30, ha_state_delay=0.1))
+    out = Collector(bg, broker.url(), topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.TIMELINE)
+    n = Service(bg, notifier_main, settings)
+    try:
+        wait_online(bg, broker)
+        events = [camera_event(frigate, f"frigate:outage-{i}") for i in range(6)]
+        for ev in events:
+            send(bg, broker, ev)
+        time.sleep(0.4)  # the notifier has them; its classifier answers in a second
+        broker.stop()
+        time.sleep(6.0)  # every channel's timeout and retries run out meanwhile
+        broker.start()
+        ids = {ev.event_id for ev in events}
+        assert out.wait(lambda: {e["event_id"] for e in out.json_on(topics.TIMELINE)} >= ids, 30)
+        time.sleep(1.0)
+        for topic in (topics.NOTIFY_TEXT, topics.NOTIFY_RICH):
+            got = [e["event_id"] for e in out.json_on(topic)]
+            assert sorted(got) == sorted(ids), (topic, got)  # each event once: no copy added by a retry
+    finally:
+        if n.alive():
+            n.stop()
+        out.close()
