@@ -1,9 +1,14 @@
 """The MQTT bus every service shares (aiomqtt on paho).
 
 One connection per service with: a retained ``homelab/<service>/status`` (``online``, LWT
-``offline``); QoS 1; a persistent session (fixed client id, clean_session off) so the broker keeps
-messages for a service while it restarts; reconnect in one place with capped, jittered backoff,
-restoring subscriptions; an outbox, so a publish made while the broker is away is sent when it is back.
+``offline``); QoS 1; a persistent session (a client id of its own per instance: service, host and the
+instance's slot in its state directory, clean_session off) so the broker keeps messages for a service
+while it restarts; reconnect in one place with capped, jittered backoff, restoring subscriptions; an
+outbox, so a publish made while the broker is away is sent when it is back.
+
+Work topics (``shared``) are, with ``split``, subscribed as MQTT shared subscriptions
+(``$share/homelab-<service>/…``, Mosquitto 2.0): instances of one service split them, each message
+handled by one. State topics (``subscribe``) reach every instance.
 
     async with Bus(settings.mqtt_url, "dedup", subscribe=[RAW]) as bus:
         async for msg in bus.messages():
@@ -22,6 +27,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -29,6 +35,7 @@ import aiomqtt
 import orjson
 from pydantic import BaseModel
 
+from shared.instance import Slot, host
 from shared.settings import parse_mqtt_url
 from shared.topics import HA_STATUS, status
 
@@ -102,6 +109,7 @@ def _since(state: str) -> bytes:
 
 class Bus:
     def __init__(self, url: str, service: str, *, subscribe: list[str] | tuple[str, ...] = (),
+                 shared: list[str] | tuple[str, ...] = (), split: bool = False, state_dir: Path | None = None,
                  persistent: bool = True, client_id: str | None = None,
                  on_connect: Callable[[Bus], Coroutine[Any, Any, None]] | None = None,
                  confirm: tuple[str, ...] = (), outbox_limit: int | None = None,
@@ -115,9 +123,12 @@ class Bus:
         self.outbox_limit = outbox_limit
         self._echoes: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.service = service
-        self.subscriptions = list(subscribe)
+        # ``shared``: the service's work; with ``split`` the instances share it out (one gets each message)
+        self.subscriptions = list(subscribe) + [f"$share/homelab-{service}/{t}" if split else t for t in shared]
         self.persistent = persistent
         self.client_id = client_id or f"homelab-{service}"
+        # the instance's slot in its state directory names its client (held while the bus runs)
+        self._slot = Slot(state_dir, service) if state_dir is not None and client_id is None else None
         self.on_connect = on_connect
         # Home Assistant says ``online`` on homeassistant/status: re-send discovery (after a short
         # random delay, in its own task, so the service's own messages are never held up)
@@ -137,6 +148,8 @@ class Bus:
         return status(self.service)
 
     async def __aenter__(self) -> Bus:
+        if self._slot is not None:
+            self.client_id = f"homelab-{self.service}-{host()}-{self._slot.claim()}"
         self._task = asyncio.create_task(self._run(), name=f"mqtt-{self.service}")
         self._task.add_done_callback(self._ended)
         return self
@@ -173,11 +186,15 @@ class Bus:
         # the flag stops the reconnect loop either way
         self._closing = True
         task, self._task = self._task, None
-        if task.done():
-            return  # it died (reported through messages()) or was cancelled already
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        try:
+            if task.done():
+                return  # it died (reported through messages()) or was cancelled already
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            if self._slot is not None:
+                self._slot.release()
 
     async def publish(self, topic: str, payload: bytes | str | BaseModel, *, qos: int = 1,
                       retain: bool = False, wait: bool = False) -> asyncio.Future[None]:

@@ -157,6 +157,12 @@ class Settings(_Section):
     scheduler: SchedulerSettings = SchedulerSettings()
     cameras: dict[str, CameraSettings] = {}  # per-camera alerting; keys as Frigate / ring names them
     telegram_token: SecretStr | None = None
+    # two instances of a service split its work with MQTT shared subscriptions ($share/homelab-<service>/…).
+    # Off, every instance receives every event and the shared state directory decides (each event is still
+    # handled once). Mosquitto 2.0.11 does not keep a shared subscription across its own restart: events
+    # published while the broker restarts, before the instances reconnect, are then lost — on only while
+    # two instances run.
+    shared_subscriptions: bool = False
 
     def camera(self, name: str) -> CameraSettings:
         """``name``'s settings: its own key, else the key Home Assistant would make the same entity

@@ -27,7 +27,9 @@ async def main(settings: Settings) -> None:
     validations = Validations(settings, SERVICE)
     dedup.prune(time.time())
     try:
-        async with Bus(settings.mqtt_url, SERVICE, subscribe=[topics.RAW], confirm=(topics.UNIQUE,)) as bus:
+        async with Bus(settings.mqtt_url, SERVICE, shared=[topics.RAW], split=settings.shared_subscriptions,
+                       state_dir=settings.state_dir,
+                       confirm=(topics.UNIQUE,)) as bus:
             for event_id, payload in dedup.unsent():
                 log.info("resending %s: decided before a restart, never acknowledged", event_id)
                 _when_sent(dedup, event_id, await bus.publish(topics.UNIQUE, payload))

@@ -43,7 +43,9 @@ async def main(settings: Settings) -> None:
     async def announce(bus: Bus) -> None:
         await bus.publish(disc_topic, orjson.dumps(disc), retain=True)
 
-    async with Bus(settings.mqtt_url, SERVICE, subscribe=[trigger], on_connect=announce,
+    # instances split Frigate's events between them (a shared subscription): each handled once
+    async with Bus(settings.mqtt_url, SERVICE, shared=[trigger], split=settings.shared_subscriptions,
+                   state_dir=settings.state_dir, on_connect=announce,
                    on_ha_online=announce) as bus:
         log.info("frigate_consumer: listening on %s", trigger)
         async for msg in bus.messages():

@@ -26,7 +26,7 @@ async def main(settings: Settings) -> None:
         await bridge.cycle()
 
     async with aiohttp.ClientSession() as session, \
-            Bus(settings.mqtt_url, SERVICE, on_ha_online=reannounce) as bus:
+            Bus(settings.mqtt_url, SERVICE, on_ha_online=reannounce, state_dir=settings.state_dir) as bus:
         bridge = Bridge(settings.netdata, settings.netdata_url, bus, session,
                         settings.state_dir / "netdata_bridge.json")
         await every(settings.netdata.interval, bridge.cycle, "netdata cycle")

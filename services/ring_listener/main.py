@@ -176,7 +176,7 @@ async def main(settings: Settings) -> None:
     subs = [f"{settings.ring.mqtt_prefix}/#"] if settings.ring.mqtt_prefix else []
     if ring is None:
         log.warning("ring_listener: no Ring token (ring.token_file); running on the ring-mqtt trigger alone")
-    async with Bus(settings.mqtt_url, SERVICE, subscribe=subs) as bus:
+    async with Bus(settings.mqtt_url, SERVICE, subscribe=subs, state_dir=settings.state_dir) as bus:
         rl = RingListener(settings, bus, validations, ring_history(ring) if ring else None)
         async with asyncio.TaskGroup() as tg:
             if ring is not None:

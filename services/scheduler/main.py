@@ -42,7 +42,7 @@ async def main(settings: Settings) -> None:
     jobs = load_jobs(settings.scheduler.jobs_file)
     plan = Plan.build(jobs, datetime.now(UTC))
     record = JsonlWriter(settings.log_dir / "scheduler.jsonl", keep_open=False)
-    async with httpx.AsyncClient() as client, Bus(settings.mqtt_url, SERVICE) as bus:
+    async with httpx.AsyncClient() as client, Bus(settings.mqtt_url, SERVICE, state_dir=settings.state_dir) as bus:
         alerter = Alerter(settings, bus, client)
         log.info("scheduler: %d jobs", len(jobs))
         published: list[tuple[str, str | None]] | None = None

@@ -98,8 +98,8 @@ class Notifier:
     # ---- entry points ------------------------------------------------------------------------
 
     async def handle(self, ev: CameraEvent) -> None:
-        if not self.store.begin(ev):
-            log.info("already handled %s (redelivery): skipped", ev.event_id)
+        if not self.store.begin(ev, self.bus.client_id):
+            log.info("already handled %s (a redelivery, or another instance has it): skipped", ev.event_id)
             return
         await self.run(ev, set())
 
@@ -426,14 +426,17 @@ async def main(settings: Settings, configure: Callable[[Notifier], None] | None 
     validations = Validations(settings, SERVICE)
     ring_sub = f"{settings.ring.mqtt_prefix}/+/camera/+/snapshot/image" if settings.ring.mqtt_prefix else None
     ring_pattern = re.compile(r"^[^/]+/[^/]+/camera/[^/]+/snapshot/image$")
-    subs = [topics.UNIQUE, SNOOZE_SET] + ([ring_sub] if ring_sub else [])
+    # events are split between instances (a shared subscription); snoozes and Ring images reach each one
+    subs = [SNOOZE_SET] + ([ring_sub] if ring_sub else [])
 
     async def reannounce(_: Bus) -> None:
         await n.announce_all()
 
     try:
         async with aiohttp.ClientSession() as session, \
-                Bus(settings.mqtt_url, SERVICE, subscribe=subs, on_ha_online=reannounce,
+                Bus(settings.mqtt_url, SERVICE, subscribe=subs, shared=[topics.UNIQUE],
+                    split=settings.shared_subscriptions, state_dir=settings.state_dir,
+                    on_ha_online=reannounce,
                     confirm=(topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.NOTIFY_CLEAR, topics.TIMELINE)) as bus:
             n = Notifier(settings, bus, session, store)
             if configure is not None:
@@ -442,7 +445,7 @@ async def main(settings: Settings, configure: Callable[[Notifier], None] | None 
                 await n.snoozes.show_all()
                 retention = tg.create_task(every(PRUNE_EVERY, lambda: _prune(store, n.cfg.timeline_days),
                                                  "timeline retention"), name="timeline-retention")
-                for pending, sent in store.pending():
+                for pending, sent in store.pending(bus.client_id):
                     log.info("resuming %s after a restart (sent: %s)", pending.event_id,
                              ", ".join(sorted(sent)) or "-")
                     tg.create_task(n.run(pending, sent), name=f"event-{pending.event_id}")

@@ -41,18 +41,28 @@ CREATE TABLE IF NOT EXISTS snooze_asks (
 
 
 class NotifierStore:
+    """Two notifier processes on one host may share it: an event is taken by the one whose insert wins,
+    and each resumes after a restart only the events it had taken (``owner``: its MQTT client id)."""
+
     def __init__(self, path: Path) -> None:
         self.db = open_db(path, SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(events)")}
+        if "owner" not in columns:
+            self.db.execute("ALTER TABLE events ADD COLUMN owner TEXT")
 
-    def begin(self, ev: CameraEvent) -> bool:
-        """Record the event as in progress; False if it was seen before (a redelivery)."""
+    def begin(self, ev: CameraEvent, owner: str | None = None) -> bool:
+        """Record the event as in progress (taken by ``owner``); False if it was seen before (a
+        redelivery, or another instance took it)."""
         cur = self.db.execute(
-            "INSERT OR IGNORE INTO events (event_id, trace_id, camera, received_at, event) VALUES (?, ?, ?, ?, ?)",
-            (ev.event_id, ev.trace_id, ev.camera, time.time(), ev.model_dump_json()))
+            "INSERT OR IGNORE INTO events (event_id, trace_id, camera, received_at, event, owner) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (ev.event_id, ev.trace_id, ev.camera, time.time(), ev.model_dump_json(), owner))
         return cur.rowcount == 1
 
-    def pending(self) -> list[tuple[CameraEvent, set[str]]]:
-        rows = self.db.execute("SELECT event, sent FROM events WHERE done = 0 ORDER BY received_at").fetchall()
+    def pending(self, owner: str | None = None) -> list[tuple[CameraEvent, set[str]]]:
+        """Events this instance took and did not finish (a restart mid-flow); events of no owner too."""
+        rows = self.db.execute("SELECT event, sent FROM events WHERE done = 0 AND (owner IS NULL OR owner = ?) "
+                               "ORDER BY received_at", (owner,)).fetchall()
         return [(CameraEvent.model_validate_json(e), set(orjson.loads(s))) for e, s in rows]
 
     def sent(self, event_id: str) -> set[str]:

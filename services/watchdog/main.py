@@ -157,7 +157,7 @@ class Watchdog:
 
 
 async def main(settings: Settings) -> None:
-    async with httpx.AsyncClient() as client, Bus(settings.mqtt_url, SERVICE) as bus:
+    async with httpx.AsyncClient() as client, Bus(settings.mqtt_url, SERVICE, state_dir=settings.state_dir) as bus:
         dog = Watchdog(settings, bus, client)
         log.info("watchdog: the router's routes every %ss", settings.watchdog.interval)
         await every(settings.watchdog.interval, dog.tick, "watchdog tick")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from services.dedup.main import main as dedup_main
 from shared import topics
@@ -118,4 +119,45 @@ def test_a_broker_outage_pushes_each_event_once(bg: BackgroundLoop, broker: Brok
     finally:
         if n.alive():
             n.stop()
+        out.close()
+
+
+# ---- two instances of one service --------------------------------------------------------------
+
+@pytest.mark.parametrize("split", [False, True])
+def test_two_notifiers_share_the_work_without_a_fight(bg: BackgroundLoop, broker: Broker, lab: Any, frigate: Any,
+                                                      tmp_path: Path, split: bool) -> None:
+    """Two vision_notifier processes with the same settings: each its own MQTT client (no "already
+    connected" kicks), every event pushed once — split by the broker (shared subscriptions) or by the
+    shared state directory."""
+    from services.vision_notifier.main import main as notifier_main
+    from shared.settings import NotifierSettings
+    from tests.integration.test_notifier import POSITIVE, camera_event, send
+    from tests.pipeline import wait_online
+
+    lab.configure("ubuntu-4090", json_answer=POSITIVE)
+    settings = Settings(mqtt_url=broker.url(), router_url=lab.base_url, frigate_url=frigate.url,
+                        state_dir=tmp_path / "state", log_dir=tmp_path / "logs", shared_subscriptions=split,
+                        notifier=NotifierSettings(classifier_timeout=5, senior_timeout=5, ha_state_delay=0.1))
+    out = Collector(bg, broker.url(), topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.TIMELINE)
+    pair = [Service(bg, notifier_main, settings), Service(bg, notifier_main, settings)]
+    try:
+        wait_online(bg, broker)
+        time.sleep(1.0)
+        events = [camera_event(frigate, f"frigate:pair-{i}") for i in range(6)]
+        for ev in events:
+            send(bg, broker, ev)
+        ids = {ev.event_id for ev in events}
+        assert out.wait(lambda: {e["event_id"] for e in out.json_on(topics.TIMELINE)} >= ids, 30)
+        time.sleep(1.0)
+        for topic in (topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.TIMELINE):
+            assert sorted(e["event_id"] for e in out.json_on(topic)) == sorted(ids), topic
+        assert all(s.alive() for s in pair)
+        log = (tmp_path / "broker" / "mosquitto.log")
+        text = log.read_text(errors="replace") if log.exists() else ""
+        assert "already connected" not in text  # nobody was kicked off the broker
+    finally:
+        for s in pair:
+            if s.alive():
+                s.stop()
         out.close()
