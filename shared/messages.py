@@ -54,12 +54,24 @@ class CameraEvent(_Ours):
     trace_id: str = Field(default_factory=new_trace_id)
 
 
+class FaceNamed(_Ours):
+    """homelab/camera/event/face: Frigate named the face (``sub_label``) of an event it had already
+    published without one — the notifier holds that event's pushes, or takes back one already sent,
+    when the name is a resident's."""
+
+    event_id: Name
+    camera: Name
+    sub_label: str = Field(min_length=1, max_length=100)
+    at: float
+
+
 # ---- Frigate (input) ---------------------------------------------------------------------------
 
 class FrigateObject(_Theirs):
     id: Name
     camera: Name
     label: str
+    # a recognised face or plate: "Alice", or Frigate 0.14+'s ["Alice", 0.93] (the name and its score)
     sub_label: str | None = None
     score: float | None = None
     top_score: float | None = None
@@ -82,6 +94,7 @@ class FrigateObject(_Theirs):
     @classmethod
     def _zones(cls, v: Any) -> Any:
         return () if v is None else v
+
 
 
 class FrigateEvent(_Theirs):

@@ -76,6 +76,9 @@ class CameraSettings(_Section):
     zones: tuple[str, ...] = ()  # push only when a Frigate object entered one of these; empty: anywhere
     snooze_minutes: tuple[int, ...] = Field(default=(30, 60), min_length=1, max_length=3)  # the push's buttons
     ring_passes_snooze: bool = True  # a doorbell ring still pushes while the camera is snoozed
+    # residents: an event whose sub_label (Frigate's face recognition) names one of them is not pushed
+    # (the timeline keeps it, held) unless its threat level is 2; added to the top-level known_faces
+    known_faces: tuple[str, ...] = ()
 
     @field_validator("snooze_minutes")
     @classmethod
@@ -156,6 +159,7 @@ class Settings(_Section):
     alerts: AlertSettings = AlertSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     cameras: dict[str, CameraSettings] = {}  # per-camera alerting; keys as Frigate / ring names them
+    known_faces: tuple[str, ...] = ()  # residents, on every camera (see CameraSettings.known_faces)
     telegram_token: SecretStr | None = None
     # two instances of a service split its work with MQTT shared subscriptions ($share/homelab-<service>/…).
     # Off, every instance receives every event and the shared state directory decides (each event is still
@@ -163,6 +167,13 @@ class Settings(_Section):
     # published while the broker restarts, before the instances reconnect, are then lost — on only while
     # two instances run.
     shared_subscriptions: bool = False
+
+    def known_face(self, camera: str, name: str | None) -> str | None:
+        """The resident ``name`` is, as the settings spell it, when it is one on ``camera``; else None."""
+        if not name:
+            return None
+        want = name.strip().casefold()
+        return next((k for k in (*self.known_faces, *self.camera(camera).known_faces) if k.casefold() == want), None)
 
     def camera(self, name: str) -> CameraSettings:
         """``name``'s settings: its own key, else the key Home Assistant would make the same entity

@@ -9,6 +9,7 @@ NOTIFY_RICH = "homelab/notify/rich"
 NOTIFY_TEXT = "homelab/notify/text"
 NOTIFY_CLEAR = "homelab/notify/clear"  # take a push back (HA: clear_notification with its tag)
 TIMELINE = "homelab/timeline"
+FACE = "homelab/camera/event/face"  # Frigate named the face of an event already published (a later update)
 HA_STATUS = "homeassistant/status"
 HA_PREFIX = "homeassistant"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
-from shared.messages import CameraEvent, FrigateEvent, FrigateObject, FrigateReview, SnapshotRef
+from shared.messages import CameraEvent, FaceNamed, FrigateEvent, FrigateObject, FrigateReview, SnapshotRef
 from shared.settings import FrigateSettings
 
 MAX_OPEN = 10_000  # events tracked at once; the oldest is forgotten first
@@ -30,6 +30,8 @@ class FrigateIngest:
         self.alert_zones = alert_zones
         self.opened: OrderedDict[str, float] = OrderedDict()
         self.zoned: set[str] = set()  # opened events whose object has been in its camera's alert zones
+        self.named: dict[str, str] = {}  # opened events whose face Frigate has named (sub_label)
+        self.faces: list[FaceNamed] = []  # names given in an update, for the caller to publish (take_faces)
 
     def passes(self, obj: FrigateObject) -> bool:
         c = self.cfg
@@ -54,9 +56,15 @@ class FrigateIngest:
     def on_event(self, ev: FrigateEvent) -> CameraEvent | None:
         obj = ev.after
         if obj.id in self.opened:
+            if obj.sub_label and self.named.get(obj.id) != obj.sub_label:
+                # a face named after the event went out: the notifier decides whether it is a resident's
+                self.named[obj.id] = obj.sub_label
+                self.faces.append(FaceNamed(event_id=f"frigate:{obj.id}", camera=obj.camera, sub_label=obj.sub_label,
+                                            at=obj.start_time))
             if ev.type == "end":
                 del self.opened[obj.id]
                 self.zoned.discard(obj.id)
+                self.named.pop(obj.id, None)
             elif obj.id not in self.zoned and self._in_alert_zones(obj):
                 self.zoned.add(obj.id)  # it walked into an alert zone: the event the notifier pushes
                 return self._event(obj, f"frigate:{obj.id}@zones")
@@ -67,9 +75,18 @@ class FrigateIngest:
             self.opened[obj.id] = obj.start_time
             if self._in_alert_zones(obj):
                 self.zoned.add(obj.id)
+            if obj.sub_label:
+                self.named[obj.id] = obj.sub_label
             while len(self.opened) > MAX_OPEN:
-                self.zoned.discard(self.opened.popitem(last=False)[0])
+                gone = self.opened.popitem(last=False)[0]
+                self.zoned.discard(gone)
+                self.named.pop(gone, None)
         return self._event(obj, f"frigate:{obj.id}")
+
+    def take_faces(self) -> list[FaceNamed]:
+        """The names given in updates since the last call."""
+        faces, self.faces = self.faces, []
+        return faces
 
     def _event(self, obj: FrigateObject, event_id: str) -> CameraEvent:
         zones = tuple(dict.fromkeys((*obj.entered_zones, *obj.current_zones)))

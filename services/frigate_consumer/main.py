@@ -60,3 +60,6 @@ async def main(settings: Settings) -> None:
                     log.info("frigate event %s camera=%s label=%s trace=%s", out.event_id, out.camera, out.kind,
                              out.trace_id)
                     await bus.publish(topics.RAW, out)
+                for face in ingest.take_faces():
+                    log.info("frigate event %s: face named %s", face.event_id, face.sub_label)
+                    await bus.publish(topics.FACE, face)

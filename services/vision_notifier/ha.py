@@ -15,7 +15,7 @@ def camera_topics(camera: str) -> dict[str, str]:
     c = object_id(camera)
     return {"event": f"homelab/cameras/{c}/event", "last": f"homelab/cameras/{c}/last_event",
             "image": f"homelab/cameras/{c}/snapshot", "snooze": f"homelab/cameras/{c}/snooze",
-            "snooze_set": f"homelab/cameras/{c}/snooze/set"}
+            "snooze_set": f"homelab/cameras/{c}/snooze/set", "faces": f"homelab/cameras/{c}/known_faces"}
 
 
 SNOOZE_SET = "homelab/cameras/+/snooze/set"  # retained {"until": epoch s (0: none), "by": ...}, from HA
@@ -33,7 +33,8 @@ def entity_ids(camera: str) -> dict[str, str]:
     """The entity ids discovery asks HA to create (default_entity_id)."""
     c = slug(camera)
     return {"event": f"event.{c}_alert", "last": f"sensor.{c}_last_event", "image": f"image.{c}_snapshot",
-            "snooze": f"sensor.{c}_snooze", "cancel": f"button.{c}_cancel_snooze"}
+            "snooze": f"sensor.{c}_snooze", "cancel": f"button.{c}_cancel_snooze",
+            "faces": f"sensor.{c}_known_faces_held"}
 
 
 def camera_discovery(camera: str, doorbell: bool) -> list[tuple[str, dict[str, Any]]]:
@@ -59,6 +60,11 @@ def camera_discovery(camera: str, doorbell: bool) -> list[tuple[str, dict[str, A
             "value_template": "{{ ('until ' ~ (value_json.until | timestamp_custom('%a %H:%M'))) "
                               "if value_json.snoozed else 'off' }}",
             "json_attributes_topic": t["snooze"], "icon": "mdi:bell-sleep", **common}),
+        # events not pushed because Frigate named a resident's face (known_faces)
+        discovery("sensor", f"homelab_{c}", "known_faces_held", {
+            "name": "Known faces held", "default_entity_id": ids["faces"], "state_topic": t["faces"],
+            "value_template": "{{ value_json.held }}", "json_attributes_topic": t["faces"],
+            "state_class": "total_increasing", "icon": "mdi:account-check", **common}),
         discovery("button", f"homelab_{c}", "cancel_snooze", {
             "name": "Cancel snooze", "default_entity_id": ids["cancel"], "command_topic": t["snooze_set"],
             "payload_press": '{"until": 0, "by": "dashboard"}', "retain": True, "icon": "mdi:bell-ring",
@@ -79,6 +85,7 @@ def cameras_dashboard(cameras: list[str]) -> dict[str, Any]:
             {"type": "entities", "entities": [{"entity": ids["event"], "name": "Last alert"},
                                               {"entity": ids["last"], "name": "Last event"},
                                               {"entity": ids["snooze"], "name": "Snoozed"},
+                                              {"entity": ids["faces"], "name": "Known faces held"},
                                               {"entity": ids["cancel"], "name": "Cancel snooze"}]}]})
     return {"title": "homelab Cameras", "views": [
         {"title": "Cameras", "path": "cameras", "icon": "mdi:cctv", "cards": cards}]}

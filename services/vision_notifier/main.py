@@ -19,6 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -46,7 +47,7 @@ from shared import topics
 from shared.bus import Bus
 from shared.ha import object_id
 from shared.logs import trace
-from shared.messages import CameraEvent, SnoozeSet
+from shared.messages import CameraEvent, FaceNamed, SnoozeSet
 from shared.service import Validations, every
 from shared.settings import CameraSettings, Settings
 
@@ -59,6 +60,17 @@ log = logging.getLogger("homelab.vision_notifier")
 
 # a channel's port: queues the push and returns the broker's acknowledgement to wait on (None: it is done)
 Send = Callable[[CameraEvent, dict[str, Any]], Awaitable["asyncio.Future[None] | None"]]
+
+
+PUSHES = ("first", "text", "rich")  # the channels that reach the phone
+
+
+@dataclass(slots=True)
+class Flight:
+    """An event being handled: its threat level so far, and the resident Frigate named (if any)."""
+
+    level: int = 1
+    known: str | None = None
 
 
 def _shown(task: asyncio.Task[dict[str, Any]] | None) -> bool:
@@ -94,6 +106,7 @@ class Notifier:
         self.send_timeline: Send = self._send_timeline
         self.send_clear: Send = self._send_clear
         self.snoozes = Snoozes(store, bus)
+        self.flights: dict[str, Flight] = {}  # events in progress here, by event id
 
     # ---- entry points ------------------------------------------------------------------------
 
@@ -105,11 +118,57 @@ class Notifier:
 
     async def run(self, ev: CameraEvent, already_sent: set[str]) -> None:
         """Process one event; never raises (one bad event must not stop the service)."""
+        self.flights[ev.event_id] = Flight(known=self.settings.known_face(ev.camera, ev.sub_label))
         with trace(ev.trace_id):  # every line about this event carries its trace id
             try:
                 await self._process(ev, already_sent)
             except Exception:
                 log.exception("event %s failed unexpectedly", ev.event_id)
+            finally:
+                self.flights.pop(ev.event_id, None)
+
+    async def on_face(self, face: FaceNamed) -> None:
+        """Frigate named the face of an event after it went out: a resident's holds every push of it not
+        yet sent, and takes back one already sent (unless the event is threat level 2)."""
+        name = self.settings.known_face(face.camera, face.sub_label)
+        if name is None:
+            return
+        for event_id in (face.event_id, f"{face.event_id}@zones"):
+            flight = self.flights.get(event_id)
+            if flight is not None:
+                flight.known = name
+                log.info("event %s: the face is %s's (a resident): its pushes are held", event_id, name)
+                continue
+            record = self.store.record(event_id)
+            if record is not None and self.store.owner(event_id) in (None, self.bus.client_id):
+                await self._take_back(event_id, record, name)
+
+    async def _take_back(self, event_id: str, record: dict[str, Any], name: str) -> None:
+        """A finished event turned out to be a resident's: its push comes off the phone."""
+        if record.get("held") or (record.get("threat_level") or 0) >= 2:
+            return
+        sent = record.get("channels") or {}
+        if not any((sent.get(c) or {}).get("ok") for c in PUSHES):
+            return
+        await self.bus.publish(topics.NOTIFY_CLEAR, orjson.dumps({
+            "event_id": event_id, "trace_id": record.get("trace_id"), "camera": record.get("camera"),
+            "tag": event_id, "reason": f"known face: {name}"}))
+        record = {**record, "held": {"reason": "known face", "name": name},
+                  "cleared": f"Frigate named {name} (a known face) after the push went out: taken back"}
+        self.store.finish(event_id, record)
+        await self.bus.publish(topics.TIMELINE, orjson.dumps(record))
+        await self._face_held(str(record.get("camera") or ""), name)
+        log.info("event %s: %s's face named after the push: taken back", event_id, name)
+
+    async def _face_held(self, camera: str, name: str) -> None:
+        held = self.store.face_held(object_id(camera))
+        await self.bus.publish(camera_topics(camera)["faces"], orjson.dumps(
+            {"held": held, "last": name, "at": round(time.time(), 3)}), retain=True)
+
+    def _withheld(self, ev: CameraEvent) -> str | None:
+        """The resident whose face holds this event's pushes (below threat level 2), or None."""
+        flight = self.flights.get(ev.event_id)
+        return flight.known if flight is not None and flight.known and flight.level < 2 else None
 
     async def on_ring_image(self, topic: str, payload: bytes) -> None:
         """Keep the latest image per ring-mqtt snapshot topic, for a bounded time and number of topics."""
@@ -143,7 +202,8 @@ class Notifier:
         look = asyncio.create_task(self._first_look(ev, cam, record, t0))
         # the first push never waits past the deadline: "<label> at <camera>" goes out, the triage updates it
         first: asyncio.Task[dict[str, Any]] | None = None
-        if not held:
+        flight = self.flights.setdefault(ev.event_id, Flight())
+        if not held and not flight.known:  # a resident's face waits for the classifier (level 2 still pushes)
             left = self.cfg.first_push_deadline - (time.perf_counter() - t0)
             done, _ = await asyncio.wait({look}, timeout=max(0.0, left))
             if not done:
@@ -152,6 +212,11 @@ class Notifier:
                 first = asyncio.create_task(self._channel("first", ev, payload, self.send_text, already_sent))
         jpeg, s1, stage1_ms = await look
         level = threat_level(ev, s1, self.cfg.triage_threshold)
+        flight.level = level
+        if not held and (who := self._withheld(ev)) is not None:
+            held = {"reason": "known face", "name": who}
+            record["held"] = held
+            await self._face_held(ev.camera, who)
         record["stage1"] = {**s1.model_dump(exclude_none=True), "ms": stage1_ms, "skipped": jpeg is None}
         record["threat_level"] = level
         record["dropped"] = level == 0
@@ -169,11 +234,13 @@ class Notifier:
                 log.info("event %s: threat level 0 (%s %.2f): timeline only", ev.event_id, s1.verdict, s1.confidence)
             if first is not None:  # the deadline push went out: take it back
                 channels["first"] = await first
+                because = "threat level 0" if not held else f"{held['reason']}" + (
+                    f": {held['name']}" if held.get("name") else "")
                 clear = {"event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera, "tag": ev.event_id,
-                         "reason": "threat level 0"}
+                         "reason": because}
                 channels["clear"] = await self._channel("clear", ev, clear, self.send_clear, already_sent)
-                record["cleared"] = ("the first push went out at the deadline; the classifier then found "
-                                     "nothing to act on (threat level 0), so it was cleared from the phone")
+                record["cleared"] = (f"the first push went out at the deadline; then it was held ({because}), so it "
+                                     "was cleared from the phone")
             await self._timeline(ev, record, already_sent)
             return
 
@@ -185,6 +252,7 @@ class Notifier:
             description, degraded, why = await self._describe(ev, jpeg, s1, cam)
         description, urgent = senior_level(description)
         rich_level: Level = 2 if urgent else level  # the senior model may raise the level, never lower it
+        flight.level = rich_level
         record["stage2"] = {"ms": _ms(t2), "degraded": degraded, **({"error": why} if why else {}),
                             **({"raised_to": 2} if urgent and level < 2 else {})}
         ids = entity_ids(ev.camera)
@@ -205,6 +273,14 @@ class Notifier:
             channels["first"] = await first
         channels["text"], channels["rich"] = await asyncio.gather(text_task, rich_task)
         record["threat_level"] = rich_level
+        if (who := self._withheld(ev)) is not None:  # Frigate named a resident while this event was pushed
+            record["held"] = {"reason": "known face", "name": who}
+            if any(c.get("ok") for c in channels.values()):
+                clear = {"event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera, "tag": ev.event_id,
+                         "reason": f"known face: {who}"}
+                channels["clear"] = await self._channel("clear", ev, clear, self.send_clear, already_sent)
+                record["cleared"] = f"Frigate named {who} (a known face) after the push went out: taken back"
+            await self._face_held(ev.camera, who)
         record["total_ms"] = _ms(t0)
         await self._timeline(ev, record, already_sent)
 
@@ -327,6 +403,8 @@ class Notifier:
         one was lost. A push queued during an outage is still delivered when the broker is back."""
         if name in already_sent:
             return {"ok": True, "resumed": True}
+        if name in PUSHES and (who := self._withheld(ev)) is not None:
+            return {"ok": False, "held": f"known face: {who}"}  # a resident's: never sent
         t0 = time.perf_counter()
         err = ""
         acked: asyncio.Future[None] | None = None
@@ -400,6 +478,8 @@ class Notifier:
             await self.bus.publish(topic, orjson.dumps(config), retain=True)
         self.discovered.setdefault(camera, time.monotonic())
         await self.snoozes.announce(object_id(camera))
+        await self.bus.publish(camera_topics(camera)["faces"], orjson.dumps(
+            {"held": self.store.face_holds(object_id(camera))}), retain=True)
 
     async def _wait_discovery_settled(self, camera: str) -> None:
         # HA ignores state for entities it has not discovered yet: give it time after a new camera
@@ -427,7 +507,7 @@ async def main(settings: Settings, configure: Callable[[Notifier], None] | None 
     ring_sub = f"{settings.ring.mqtt_prefix}/+/camera/+/snapshot/image" if settings.ring.mqtt_prefix else None
     ring_pattern = re.compile(r"^[^/]+/[^/]+/camera/[^/]+/snapshot/image$")
     # events are split between instances (a shared subscription); snoozes and Ring images reach each one
-    subs = [SNOOZE_SET] + ([ring_sub] if ring_sub else [])
+    subs = [SNOOZE_SET, topics.FACE] + ([ring_sub] if ring_sub else [])
 
     async def reannounce(_: Bus) -> None:
         await n.announce_all()
@@ -460,6 +540,10 @@ async def main(settings: Settings, configure: Callable[[Notifier], None] | None 
                                 snooze = validations.decode(SnoozeSet, msg.topic, msg.payload)
                                 if snooze is not None:
                                     await n.snoozes.on_set(camera, snooze)
+                        elif msg.topic == topics.FACE:
+                            face = validations.decode(FaceNamed, msg.topic, msg.payload)
+                            if face is not None:
+                                await n.on_face(face)
                         elif ring_pattern.match(msg.topic):
                             await n.on_ring_image(msg.topic, msg.payload)
                 retention.cancel()

@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS snoozes (
     until REAL NOT NULL,
     by TEXT
 );
+-- how many events each camera held because the face was a resident's (Home Assistant shows it)
+CREATE TABLE IF NOT EXISTS face_holds (camera TEXT PRIMARY KEY, held INTEGER NOT NULL);
 -- each camera's last snooze request as it was asked, and the end it was given then (capped once): the
 -- retained request read back at a start is recognised and keeps its end, even after that end has passed
 CREATE TABLE IF NOT EXISTS snooze_asks (
@@ -108,6 +110,20 @@ class NotifierStore:
             self.db.execute("INSERT OR REPLACE INTO snoozes (camera, until, by) VALUES (?, ?, ?)", (camera, until, by))
         else:
             self.db.execute("DELETE FROM snoozes WHERE camera = ?", (camera,))
+
+    def owner(self, event_id: str) -> str | None:
+        row = self.db.execute("SELECT owner FROM events WHERE event_id = ?", (event_id,)).fetchone()
+        return row[0] if row else None
+
+    def face_held(self, camera: str) -> int:
+        """One more event held for a known face on ``camera``; the count so far."""
+        self.db.execute("INSERT INTO face_holds (camera, held) VALUES (?, 1) "
+                        "ON CONFLICT(camera) DO UPDATE SET held = held + 1", (camera,))
+        return self.face_holds(camera)
+
+    def face_holds(self, camera: str) -> int:
+        row = self.db.execute("SELECT held FROM face_holds WHERE camera = ?", (camera,)).fetchone()
+        return int(row[0]) if row else 0
 
     def snooze_ask(self, camera: str) -> tuple[float, str | None, float] | None:
         """The last request for ``camera`` (asked, by) and the end it was given."""

@@ -161,3 +161,90 @@ def test_two_notifiers_share_the_work_without_a_fight(bg: BackgroundLoop, broker
             if s.alive():
                 s.stop()
         out.close()
+
+
+# ---- known faces --------------------------------------------------------------------------------
+
+def _notifier_settings(broker: Broker, lab: Any, frigate: Any, tmp_path: Path, **kw: Any) -> Settings:
+    from shared.settings import NotifierSettings
+
+    return Settings(mqtt_url=broker.url(), router_url=lab.base_url, frigate_url=frigate.url,
+                    state_dir=tmp_path / "state", log_dir=tmp_path / "logs",
+                    notifier=NotifierSettings(classifier_timeout=5, senior_timeout=5, ha_state_delay=0.1), **kw)
+
+
+def test_a_residents_face_is_held_and_counted_unless_it_is_a_threat(bg: BackgroundLoop, broker: Broker, lab: Any,
+                                                                      frigate: Any, tmp_path: Path) -> None:
+    from services.vision_notifier.main import main as notifier_main
+    from shared.messages import CameraEvent
+    from shared.settings import CameraSettings
+    from tests.integration.test_notifier import POSITIVE, camera_event, send
+    from tests.pipeline import wait_online
+
+    lab.configure("ubuntu-4090", json_answer=POSITIVE)
+    settings = _notifier_settings(broker, lab, frigate, tmp_path, known_faces=("Alice",),
+                                  cameras={"garage": CameraSettings(known_faces=("Carol",))})
+    out = Collector(bg, broker.url(), topics.NOTIFY_TEXT, topics.NOTIFY_RICH, topics.TIMELINE,
+                    "homelab/cameras/+/known_faces")
+    n = Service(bg, notifier_main, settings)
+    try:
+        wait_online(bg, broker)
+
+        def face(event_id: str, name: str | None, camera: str = "front_door") -> CameraEvent:
+            return camera_event(frigate, event_id, camera).model_copy(update={"sub_label": name})
+
+        send(bg, broker, face("frigate:alice", "alice"))  # Frigate's spelling may differ in case
+        send(bg, broker, face("frigate:bob", "Bob"))  # a stranger: pushed as today
+        send(bg, broker, face("frigate:carol-garage", "Carol", "garage"))  # a resident on this camera only
+        send(bg, broker, face("frigate:carol-door", "Carol"))  # ... not on the front door
+        assert out.wait(lambda: len(out.on(topics.TIMELINE)) >= 4, 20)
+        records = {r["event_id"]: r for r in out.json_on(topics.TIMELINE)}
+        assert records["frigate:alice"]["held"] == {"reason": "known face", "name": "Alice"}
+        assert records["frigate:carol-garage"]["held"]["name"] == "Carol"
+        assert "held" not in records["frigate:bob"] and "held" not in records["frigate:carol-door"]
+        pushed = {e["event_id"] for e in out.json_on(topics.NOTIFY_TEXT)}
+        assert pushed == {"frigate:bob", "frigate:carol-door"}
+        counts = out.json_on("homelab/cameras/front_door/known_faces")
+        assert counts[-1]["held"] == 1 and counts[-1]["last"] == "Alice"
+        # a threat (level 2) gets through whoever it is
+        lab.configure("ubuntu-4090", json_answer={**POSITIVE, "threat_level": 2})
+        send(bg, broker, face("frigate:alice-2", "Alice"))
+        assert out.wait(lambda: "frigate:alice-2" in {e["event_id"] for e in out.json_on(topics.NOTIFY_TEXT)}, 20)
+    finally:
+        n.stop()
+        out.close()
+
+
+def test_a_face_named_in_a_later_update_takes_the_push_back(bg: BackgroundLoop, broker: Broker, lab: Any,
+                                                             frigate: Any, tmp_path: Path) -> None:
+    from services.dedup.main import main as dedup_main
+    from services.frigate_consumer.main import main as frigate_main
+    from services.vision_notifier.main import main as notifier_main
+    from tests.integration.test_ingest import fixture_object
+    from tests.integration.test_notifier import POSITIVE
+    from tests.pipeline import wait_online
+
+    lab.configure("ubuntu-4090", json_answer=POSITIVE)
+    settings = _notifier_settings(broker, lab, frigate, tmp_path, known_faces=("Alice",))
+    out = Collector(bg, broker.url(), topics.NOTIFY_TEXT, topics.NOTIFY_CLEAR, topics.TIMELINE)
+    svc = [Service(bg, frigate_main, settings), Service(bg, dedup_main, settings),
+           Service(bg, notifier_main, settings)]
+    try:
+        wait_online(bg, broker)
+        obj = fixture_object("docs_v0.17.2_00_frigate_events.jsonc", id="1700000000.5-face", camera="front_door",
+                             start_time=time.time(), sub_label=None)
+        new = {"type": "new", "before": obj, "after": {**obj, "end_time": None}}
+        publish(bg, broker.url(), [("frigate/events", orjson.dumps(new))])
+        assert out.wait(lambda: len(out.on(topics.TIMELINE)) >= 1, 20)  # pushed: a stranger, so far
+        assert [e["event_id"] for e in out.json_on(topics.NOTIFY_TEXT)] == ["frigate:1700000000.5-face"]
+        named = {**obj, "end_time": None, "sub_label": ["Alice", 0.93]}  # Frigate 0.14+'s [name, score]
+        publish(bg, broker.url(), [("frigate/events", orjson.dumps({"type": "update", "before": obj, "after": named}))])
+        assert out.wait(lambda: bool(out.on(topics.NOTIFY_CLEAR)), 10)
+        clear = out.json_on(topics.NOTIFY_CLEAR)[-1]
+        assert clear["tag"] == "frigate:1700000000.5-face" and "Alice" in clear["reason"]
+        assert out.wait(lambda: len(out.on(topics.TIMELINE)) >= 2, 10)
+        assert out.json_on(topics.TIMELINE)[-1]["held"] == {"reason": "known face", "name": "Alice"}
+    finally:
+        for s in svc:
+            s.stop()
+        out.close()
