@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import orjson
 from pydantic import ValidationError
 
 from shared.messages import CameraEvent, RingDingAttributes, RingMotionAttributes, SnapshotRef
@@ -48,16 +49,69 @@ class PushDing:
     is_update: bool = False
 
 
-def from_push(ev: PushDing, cfg: RingSettings, now: float) -> CameraEvent | None:
+class RingDevices:
+    """What ring-mqtt says of each device, learnt from what it publishes: its device id, its name (from
+    its Home Assistant discovery: ``homeassistant/<type>/<location>/<device id>_<entity>/config`` with
+    ``device: {ids, name}``) and its location (from its topics). The Ring push and the history name a
+    device by its API id and its name; ring-mqtt by its own id: the name joins them, so one press seen
+    both ways is one camera — and a push can take ring-mqtt's snapshot of that camera."""
+
+    def __init__(self, cfg: RingSettings) -> None:
+        self.cfg = cfg
+        self.names: dict[str, str] = {}  # ring-mqtt device id -> its name
+        self.locations: dict[str, str] = {}  # ring-mqtt device id -> its location id
+
+    def on_discovery(self, payload: bytes) -> None:
+        """A Home Assistant discovery config: a ring-mqtt one teaches a device's name."""
+        try:
+            cfg = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(cfg, dict):
+            return
+        state = cfg.get("state_topic") or cfg.get("json_attributes_topic") or cfg.get("image_topic") or ""
+        dev = cfg.get("device")
+        if not isinstance(state, str) or not state.startswith(f"{self.cfg.mqtt_prefix}/") or not isinstance(dev, dict):
+            return
+        parts = state.split("/")
+        name, ids = dev.get("name"), dev.get("ids") or dev.get("identifiers")
+        device = parts[3] if len(parts) > 3 else None
+        if isinstance(ids, list) and ids and isinstance(ids[0], str):
+            device = ids[0]
+        if device and isinstance(name, str) and name and len(self.names) < 256:
+            self.names[device[:128]] = name[:128]
+            self.locations[device[:128]] = parts[1][:128] if len(parts) > 1 else ""
+
+    def seen(self, location: str, device: str) -> None:
+        if device not in self.locations and len(self.locations) < 256:
+            self.locations[device] = location
+
+    def camera(self, device: str) -> str:
+        """The camera a ring-mqtt device id is: as configured, else by its name, else by its id."""
+        return camera_name(self.cfg, device, self.names.get(device))
+
+    def snapshot_of(self, camera: str) -> SnapshotRef | None:
+        """ring-mqtt's snapshot topic for ``camera`` (a push's or the history's), when ring-mqtt has it."""
+        for device, location in self.locations.items():
+            if self.camera(device) == camera and location:
+                return SnapshotRef(kind="ring_mqtt", device_id=device,
+                                   topic=f"{self.cfg.mqtt_prefix}/{location}/camera/{device}/snapshot/image")
+        return None
+
+
+def from_push(ev: PushDing, cfg: RingSettings, now: float, devices: RingDevices | None = None) -> CameraEvent | None:
     kind = ring_kind(ev.kind)
     if kind is None or ev.is_update:  # battery doorbells send an update with the image: same ding
         return None
     if now - ev.now > cfg.max_age:
         return None
+    camera = camera_name(cfg, ev.doorbot_id, ev.device_name)
+    # the Ring API's image is not the notifier's to fetch: ring-mqtt's snapshot of the same camera is
+    snapshot = devices.snapshot_of(camera) if devices is not None else None
     return CameraEvent(
-        event_id=f"ring:{ev.id}", source="ring_push", camera=camera_name(cfg, ev.doorbot_id, ev.device_name),
+        event_id=f"ring:{ev.id}", source="ring_push", camera=camera,
         kind=kind, label="person" if kind == "ding" else None, started_at=ev.now,
-        snapshot=SnapshotRef(kind="ring_api", device_id=str(ev.doorbot_id)))
+        snapshot=snapshot or SnapshotRef(kind="ring_api", device_id=str(ev.doorbot_id)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +139,9 @@ class RingMqttIngest:
     fires nothing. Old timestamps (a replay) are not new events.
     """
 
-    def __init__(self, cfg: RingSettings) -> None:
+    def __init__(self, cfg: RingSettings, devices: RingDevices | None = None) -> None:
         self.cfg = cfg
+        self.devices = devices or RingDevices(cfg)
         p = re.escape(cfg.mqtt_prefix)
         self.pattern = re.compile(rf"^{p}/([^/]+)/camera/([^/]+)/(ding|motion)/(state|attributes)$")
 
@@ -99,6 +154,7 @@ class RingMqttIngest:
         if m is None:
             return None
         location, device, kind, leaf = m.groups()
+        self.devices.seen(location, device)
         if leaf == "state":
             if payload not in (b"ON", b"OFF"):
                 raise ValueError(f"state must be ON or OFF, got {payload[:40]!r}")
@@ -117,7 +173,7 @@ class RingMqttIngest:
             return None
         label = "person" if kind == "ding" or person else None
         return CameraEvent(
-            event_id=f"ring_mqtt:{device}:{kind}:{int(ts)}", source="ring_mqtt", camera=camera_name(self.cfg, device),
+            event_id=f"ring_mqtt:{device}:{kind}:{int(ts)}", source="ring_mqtt", camera=self.devices.camera(device),
             kind=kind, label=label, started_at=float(ts),
             snapshot=SnapshotRef(kind="ring_mqtt", topic=f"{self.cfg.mqtt_prefix}/{location}/camera/{device}/"
                                                           "snapshot/image", device_id=device))

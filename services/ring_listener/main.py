@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from ring_doorbell import Auth, Ring, RingEvent
 
-from services.ring_listener.handlers import HistoryItem, RingMqttIngest, from_history, from_push
+from services.ring_listener.handlers import HistoryItem, RingDevices, RingMqttIngest, from_history, from_push
 from services.ring_listener.push import GuardedEventListener, to_push_ding
 from shared import topics
 from shared.bus import Bus
@@ -59,7 +59,8 @@ class RingListener:
         self.bus = bus
         self.validations = validations
         self.clock = clock
-        self.mqtt = RingMqttIngest(self.cfg)
+        self.devices = RingDevices(self.cfg)
+        self.mqtt = RingMqttIngest(self.cfg, self.devices)
         self.history = history
         self._pushed: asyncio.Queue[RingEvent] = asyncio.Queue()
         self._polled: set[str] = set()
@@ -73,6 +74,9 @@ class RingListener:
 
     # (b) ring-mqtt
     async def on_mqtt(self, topic: str, payload: bytes) -> None:
+        if topic.startswith("homeassistant/"):
+            self.devices.on_discovery(payload)  # ring-mqtt's discovery: a device's name
+            return
         try:
             ev = self.mqtt.on_message(topic, payload, self.clock())
         except ValueError as exc:
@@ -92,7 +96,7 @@ class RingListener:
         while True:
             ev = await self._pushed.get()
             try:
-                out = from_push(to_push_ding(ev), self.cfg, self.clock())
+                out = from_push(to_push_ding(ev), self.cfg, self.clock(), self.devices)
             except (TypeError, ValueError, AttributeError) as exc:
                 self.validations.invalid("ring/push", str(ev).encode(), f"{type(exc).__name__}: {exc}")
                 continue
@@ -173,7 +177,9 @@ def ring_client(settings: Settings) -> Ring | None:
 async def main(settings: Settings) -> None:
     validations = Validations(settings, SERVICE)
     ring = ring_client(settings)
-    subs = [f"{settings.ring.mqtt_prefix}/#"] if settings.ring.mqtt_prefix else []
+    # ring-mqtt's own topics, and its Home Assistant discovery (homeassistant/<type>/<location>/<id>/config):
+    # the names that join its device ids to the push's
+    subs = [f"{settings.ring.mqtt_prefix}/#", "homeassistant/+/+/+/config"] if settings.ring.mqtt_prefix else []
     if ring is None:
         log.warning("ring_listener: no Ring token (ring.token_file); running on the ring-mqtt trigger alone")
     async with Bus(settings.mqtt_url, SERVICE, subscribe=subs, state_dir=settings.state_dir) as bus:

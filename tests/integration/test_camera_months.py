@@ -248,3 +248,52 @@ def test_a_face_named_in_a_later_update_takes_the_push_back(bg: BackgroundLoop, 
         for s in svc:
             s.stop()
         out.close()
+
+
+# ---- Ring as it comes ---------------------------------------------------------------------------
+
+def ring_mqtt_discovery(device: str, name: str, location: str = "loc1") -> tuple[str, bytes]:
+    """A discovery config as ring-mqtt publishes it for a camera's ding sensor (retained)."""
+    return (f"homeassistant/binary_sensor/{location}/{device}_ding/config", orjson.dumps({
+        "name": f"{name} Ding", "unique_id": f"{device}_ding",
+        "availability_topic": f"ring/{location}/camera/{device}/status",
+        "state_topic": f"ring/{location}/camera/{device}/ding/state",
+        "json_attributes_topic": f"ring/{location}/camera/{device}/ding/attributes",
+        "device": {"ids": [device], "name": name, "mf": "Ring", "mdl": "Doorbell Pro"}}))
+
+
+def test_a_press_seen_by_the_push_and_by_ring_mqtt_is_one_event(bg: BackgroundLoop, broker: Broker,
+                                                                 tmp_path: Path) -> None:
+    """Default settings (no ring.cameras): ring-mqtt names the device by its id, the push by its name;
+    what ring-mqtt publishes joins them, and the push's event takes ring-mqtt's snapshot topic."""
+    from services.ring_listener.main import main as ring_main
+    from tests.integration.test_ingest import PushHarness, iso, push_notification, ring_mqtt_ding
+
+    settings = Settings(mqtt_url=broker.url(), state_dir=tmp_path / "state", log_dir=tmp_path / "logs",
+                        dedup=DedupSettings(window=20))
+    assert settings.ring.cameras == {}
+    device = "3c7c3f0a1b2c"
+    publish(bg, broker.url(), [ring_mqtt_discovery(device, "Front Door")], retain=True)
+    out = Collector(bg, broker.url(), topics.RAW, topics.UNIQUE)
+    svc = [Service(bg, ring_main, settings), Service(bg, dedup_main, settings)]
+    h = PushHarness(bg, settings, [])
+    try:
+        time.sleep(1.0)  # the listener has read the retained discovery
+        h.bg.run(h.rl.on_mqtt(*ring_mqtt_discovery(device, "Front Door")))
+        h.bg.run(h.rl.on_mqtt(f"ring/loc1/camera/{device}/ding/state", b"OFF"))
+        now = float(int(time.time()))
+        h.push(push_notification(7001, iso(now)))
+        publish(bg, broker.url(), ring_mqtt_ding(device, now + 1))
+        assert out.wait(lambda: len(out.on(topics.RAW)) >= 2, 10)
+        time.sleep(0.5)
+        raw = out.json_on(topics.RAW)
+        assert {e["camera"] for e in raw} == {"front_door"}  # one camera, whichever path saw it
+        assert [e["event_id"] for e in out.json_on(topics.UNIQUE)] == ["ring:7001"]  # one press, one event
+        pushed = next(e for e in raw if e["source"] == "ring_push")
+        assert pushed["snapshot"] == {"kind": "ring_mqtt", "device_id": device,
+                                      "topic": f"ring/loc1/camera/{device}/snapshot/image"}
+    finally:
+        h.close()
+        for s in svc:
+            s.stop()
+        out.close()
