@@ -14,11 +14,10 @@ the others.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +25,11 @@ import aiohttp
 import orjson
 
 from router_client import CallFailed, RouterClient
-from services.vision_notifier.ha import SNOOZE_SET, camera_discovery, camera_topics, entity_ids, snooze_camera
+from services.vision_notifier.announcer import Announcer
+from services.vision_notifier.channels import Channels, Send
+from services.vision_notifier.ha import SNOOZE_SET, camera_topics, entity_ids, snooze_camera
 from services.vision_notifier.push import Level, display_name, push_data, quiet_update
+from services.vision_notifier.ring_images import RingImages
 from services.vision_notifier.snapshot import SnapshotError, allowed_hosts, fetch_frigate, prepare
 from services.vision_notifier.snooze import Snoozes
 from services.vision_notifier.store import NotifierStore
@@ -53,13 +55,8 @@ from shared.settings import CameraSettings, Settings
 
 SERVICE = "vision_notifier"
 RING_SNAPSHOTS = "+/+/camera/+/snapshot/image"
-RING_IMAGE_TTL = 600.0  # an older ring-mqtt image describes nothing that happens now
-RING_IMAGE_TOPICS = 64  # doorbells and cameras of one home, with room to spare
-MAX_CAMERAS = 256  # cameras given Home Assistant entities
 log = logging.getLogger("homelab.vision_notifier")
 
-# a channel's port: queues the push and returns the broker's acknowledgement to wait on (None: it is done)
-Send = Callable[[CameraEvent, dict[str, Any]], Awaitable["asyncio.Future[None] | None"]]
 
 
 PUSHES = ("first", "text", "rich")  # the channels that reach the phone
@@ -92,20 +89,19 @@ class Notifier:
         key = settings.router_api_key.get_secret_value() if settings.router_api_key else None
         self.router = RouterClient(settings.router_url, session, api_key=key)  # class camera in the policy
         self.hosts = allowed_hosts(self.cfg, settings.frigate_url)
-        self.ring_images: dict[str, tuple[float, bytes]] = {}
-        self.ring_arrived = asyncio.Condition()
-        self.discovered: dict[str, float] = {}  # camera -> when its discovery went out
-        self.cameras: dict[str, bool] = {}  # camera -> is a doorbell
+        self.ring = RingImages()
         # the fast path (snapshot + classifier) is bounded; waiting on the senior model must not
         # hold it, or a slow description would delay the next event's fast push
         self.fast = asyncio.Semaphore(self.cfg.concurrency)
         self.slow = asyncio.Semaphore(self.cfg.concurrency * 4)
         # the three channels are ports: each is sent on its own, with its own timeout and retries
-        self.send_text: Send = self._send_text
-        self.send_rich: Send = self._send_rich
-        self.send_timeline: Send = self._send_timeline
-        self.send_clear: Send = self._send_clear
         self.snoozes = Snoozes(store, bus)
+        self.ha = Announcer(bus, store, self.snoozes, self.cfg.ha_state_delay)
+        self.channels = Channels(bus, store, self.cfg, self.ha)
+        self.send_text: Send = self.channels.text
+        self.send_rich: Send = self.channels.rich
+        self.send_timeline: Send = self.channels.timeline
+        self.send_clear: Send = self.channels.clear
         self.flights: dict[str, Flight] = {}  # events in progress here, by event id
 
     # ---- entry points ------------------------------------------------------------------------
@@ -171,28 +167,17 @@ class Notifier:
         return flight.known if flight is not None and flight.known and flight.level < 2 else None
 
     async def on_ring_image(self, topic: str, payload: bytes) -> None:
-        """Keep the latest image per ring-mqtt snapshot topic, for a bounded time and number of topics."""
-        async with self.ring_arrived:
-            now = time.time()
-            images = self.ring_images
-            images.pop(topic, None)
-            images[topic] = (now, payload)  # newest last
-            for old in [t for t, (at, _) in images.items() if now - at > RING_IMAGE_TTL]:
-                del images[old]
-            while len(images) > RING_IMAGE_TOPICS:
-                del images[next(iter(images))]
-            self.ring_arrived.notify_all()
+        await self.ring.on_image(topic, payload)
 
     async def announce_all(self) -> None:
-        for camera, doorbell in list(self.cameras.items()):
-            await self._announce(camera, doorbell)
+        await self.ha.announce_all()
 
     # ---- the flow ------------------------------------------------------------------------------
 
     async def _process(self, ev: CameraEvent, already_sent: set[str]) -> None:
         t0 = time.perf_counter()
         cam = self.settings.camera(ev.camera)
-        await self._ensure_discovery(ev)
+        await self.ha.ensure(ev.camera, ev.source.startswith("ring"))
         record: dict[str, Any] = {"event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera,
                                   "source": ev.source, "kind": ev.kind, "label": ev.label,
                                   "zones": list(ev.zones), "started_at": ev.started_at, "received_at": time.time()}
@@ -351,26 +336,10 @@ class Notifier:
         if ref.kind in ("frigate", "url") and ref.url:
             raw = await fetch_frigate(self.session, ref.url, self.cfg, self.hosts)
         elif ref.kind == "ring_mqtt" and ref.topic:
-            raw = await self._ring_image(ref.topic, ev.started_at)
+            raw = await self.ring.get(ref.topic, ev.started_at, self.cfg.ring_snapshot_wait)
         else:
             raise SnapshotError(f"no way to fetch a {ref.kind} snapshot here")
         return await asyncio.to_thread(prepare, raw, self.cfg)
-
-    async def _ring_image(self, topic: str, since: float) -> bytes:
-        def fresh() -> bool:
-            got = self.ring_images.get(topic)
-            return got is not None and got[0] >= since - 5
-
-        async with self.ring_arrived:
-            try:
-                async with asyncio.timeout(self.cfg.ring_snapshot_wait):
-                    await self.ring_arrived.wait_for(fresh)
-            except TimeoutError:
-                pass
-        got = self.ring_images.get(topic)
-        if got is None:
-            raise SnapshotError(f"no image on {topic}")
-        return got[1]
 
     async def _classify(self, ev: CameraEvent, jpeg: bytes, cam: CameraSettings) -> Stage1:
         body = classifier_request(ev, jpeg, self.cfg.classifier_model, cam.context)
@@ -398,96 +367,9 @@ class Notifier:
 
     async def _channel(self, name: str, ev: CameraEvent, payload: dict[str, Any], send: Send,
                        already_sent: set[str], jpeg: bytes | None = None) -> dict[str, Any]:
-        """One push on one channel, with its own timeout and retries — and exactly one copy: a retry waits
-        for the copy still queued or in flight (a broker outage), and queues a new one only when the last
-        one was lost. A push queued during an outage is still delivered when the broker is back."""
-        if name in already_sent:
-            return {"ok": True, "resumed": True}
         if name in PUSHES and (who := self._withheld(ev)) is not None:
             return {"ok": False, "held": f"known face: {who}"}  # a resident's: never sent
-        t0 = time.perf_counter()
-        err = ""
-        acked: asyncio.Future[None] | None = None
-        for attempt in range(self.cfg.channel_retries + 1):
-            try:
-                async with asyncio.timeout(self.cfg.channel_timeout):
-                    if acked is None:
-                        if jpeg is not None:
-                            await self._publish_image(ev, jpeg)
-                            jpeg = None  # the image went out; a retry resends only the push
-                        acked = await send(ev, payload)
-                    if acked is not None:
-                        await asyncio.shield(acked)
-                self.store.mark_sent(ev.event_id, name)
-                return {"ok": True, "ms": _ms(t0), "attempts": attempt + 1}
-            except TimeoutError:
-                err = f"timeout after {self.cfg.channel_timeout:g}s"  # the copy stays queued: wait on it again
-            except Exception as exc:  # a channel's failure is recorded, never propagated to the others
-                err = f"{type(exc).__name__}: {exc}"
-                acked = None  # that copy is lost: the next attempt sends a new one
-            log.warning("event %s: %s channel attempt %d failed: %s", ev.event_id, name, attempt + 1, err)
-            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
-        if acked is not None and not acked.done():
-            acked.add_done_callback(functools.partial(self._late, event_id=ev.event_id, name=name))
-        return {"ok": False, "ms": _ms(t0), "error": err, **({"queued": True} if acked is not None else {})}
-
-    def _late(self, acked: asyncio.Future[None], *, event_id: str, name: str) -> None:
-        """A push given up on but still queued reached the broker after all: on the record as sent."""
-        if not acked.cancelled() and acked.exception() is None:
-            log.info("event %s: %s push delivered after the broker came back", event_id, name)
-            self.store.mark_sent(event_id, name)
-
-    async def _send_text(self, ev: CameraEvent, payload: dict[str, Any]) -> asyncio.Future[None]:
-        return await self.bus.publish(topics.NOTIFY_TEXT, orjson.dumps(payload))
-
-    async def _send_clear(self, ev: CameraEvent, payload: dict[str, Any]) -> asyncio.Future[None]:
-        return await self.bus.publish(topics.NOTIFY_CLEAR, orjson.dumps(payload))
-
-    async def _send_rich(self, ev: CameraEvent, payload: dict[str, Any]) -> asyncio.Future[None]:
-        await self._wait_discovery_settled(ev.camera)
-        t = camera_topics(ev.camera)
-        state = {"event_type": event_type(ev), "event_id": ev.event_id, "trace_id": ev.trace_id,
-                 "title": payload["title"], "description": payload["description"], "degraded": payload["degraded"]}
-        await self.bus.publish(t["event"], orjson.dumps(state))
-        await self.bus.publish(t["last"], orjson.dumps({**state, "at": ev.started_at}), retain=True)
-        return await self.bus.publish(topics.NOTIFY_RICH, orjson.dumps(payload))
-
-    async def _publish_image(self, ev: CameraEvent, jpeg: bytes) -> None:
-        await self._wait_discovery_settled(ev.camera)
-        await self.bus.publish(camera_topics(ev.camera)["image"], jpeg, retain=True)
-
-    async def _send_timeline(self, ev: CameraEvent, record: dict[str, Any]) -> asyncio.Future[None]:
-        return await self.bus.publish(topics.TIMELINE, orjson.dumps(record))
-
-    # ---- Home Assistant ----------------------------------------------------------------------
-
-    async def _ensure_discovery(self, ev: CameraEvent) -> None:
-        if ev.camera not in self.cameras:
-            if len(self.cameras) >= MAX_CAMERAS:
-                # names come from outside: past a home's worth, a new name gets no entity (its events
-                # still push and reach the timeline)
-                log.warning("camera %r not announced to Home Assistant: %d cameras already", ev.camera[:80],
-                            MAX_CAMERAS)
-                return
-            doorbell = ev.source.startswith("ring")
-            self.cameras[ev.camera] = doorbell
-            await self._announce(ev.camera, doorbell)
-
-    async def _announce(self, camera: str, doorbell: bool) -> None:
-        for topic, config in camera_discovery(camera, doorbell):
-            await self.bus.publish(topic, orjson.dumps(config), retain=True)
-        self.discovered.setdefault(camera, time.monotonic())
-        await self.snoozes.announce(object_id(camera))
-        await self.bus.publish(camera_topics(camera)["faces"], orjson.dumps(
-            {"held": self.store.face_holds(object_id(camera))}), retain=True)
-
-    async def _wait_discovery_settled(self, camera: str) -> None:
-        # HA ignores state for entities it has not discovered yet: give it time after a new camera
-        since = self.discovered.get(camera)
-        if since is not None:
-            delay = since + self.cfg.ha_state_delay - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        return await self.channels.deliver(name, ev, payload, send, already_sent, jpeg)
 
 
 PRUNE_EVERY = 6 * 3600.0

@@ -16,7 +16,7 @@ from shared import topics
 from shared.settings import DedupSettings, Settings
 from tests.broker import Broker
 from tests.harness import BackgroundLoop
-from tests.pipeline import Collector, Service, publish
+from tests.pipeline import Collector, Service, publish, wait_online
 
 
 def raw_event(i: int, at: float, camera: str = "driveway") -> bytes:
@@ -38,6 +38,7 @@ def test_dedup_prunes_as_it_goes(bg: BackgroundLoop, broker: Broker, tmp_path: P
     unique = Collector(bg, broker.url(), topics.UNIQUE)
     dedup = Service(bg, dedup_main, settings)
     try:
+        wait_online(bg, broker, "dedup")
         now = time.time()
         publish(bg, broker.url(), [(topics.RAW, raw_event(i, now)) for i in range(200)])
         assert unique.wait(lambda: len(unique.on(topics.UNIQUE)) == 200, 20)
