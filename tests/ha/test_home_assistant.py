@@ -66,7 +66,7 @@ def world(bg: BackgroundLoop, tmp_path_factory: pytest.TempPathFactory) -> Itera
                         netdata_url=parent.url, state_dir=tmp / "state", log_dir=tmp / "logs",
                         notifier=NotifierSettings(classifier_timeout=8, senior_timeout=5, channel_timeout=3,
                                                   snapshot_retries=2),  # ha_state_delay as shipped (1 s)
-                        cameras={"driveway": CameraSettings(zones=("drive",))},
+                        cameras={"driveway": CameraSettings(zones=("drive",))}, known_faces=("Alice",),
                         netdata=NetdataSettings(interval=2))
     services = [Service(bg, m, settings) for m in (frigate_main, dedup_main, notifier_main, netdata_main)]
     w = World(bg, broker, ha, phone, lab, frigate, settings, services)
@@ -534,3 +534,27 @@ def test_the_blueprint_follows_a_real_alert_and_takes_it_back(world: World) -> N
     assert [(p.message, p.data.get("tag")) for p in pushes] == [
         ("Person at Porch", event_id), ("clear_notification", event_id)]
     assert pushes[0].data["actions"][0]["title"] == "Snooze Porch 30 min"
+
+
+def test_a_residents_face_never_reaches_the_phone_and_one_named_later_is_taken_back(world: World,
+                                                                                   timeline: Collector) -> None:
+    def seen(sub_label: Any, fid: str | None = None, kind: str = "new") -> str:
+        fid = fid or f"{time.time():.6f}-face"
+        obj = {"id": fid, "camera": "front_door", "label": "person", "score": 0.9, "top_score": 0.9,
+               "false_positive": False, "start_time": time.time(), "end_time": None, "current_zones": [],
+               "entered_zones": [], "sub_label": sub_label}
+        publish(world.bg, world.broker.url(),
+                [("frigate/events", orjson.dumps({"type": kind, "before": obj, "after": obj}))])
+        return f"frigate:{fid}"
+
+    alice = seen(["Alice", 0.93])  # Frigate 0.14+ face recognition: a resident
+    assert held(timeline, alice)["held"] == {"reason": "known face", "name": "Alice"}
+    assert settle(world, 2.0) == []  # nothing for the family
+    assert wait_state(world.ha, "sensor.front_door_known_faces_held", lambda s: s not in ("unknown", "0")) != "0"
+    stranger = seen(None)  # a stranger, so far: pushed as always
+    assert [p.data["tag"] for p in world.phone.wait(2)] == [stranger, stranger]
+    world.phone.pushes.clear()
+    seen("Alice", fid=stranger.split(":", 1)[1], kind="update")  # Frigate names her a moment later
+    cleared = world.phone.wait(1, timeout=15)[0]
+    assert cleared.message == "clear_notification" and cleared.data == {"tag": stranger}
+
