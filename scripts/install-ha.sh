@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The real-Home-Assistant test tier: Home Assistant 2025.4.4 (the newest that installs on Python 3.13.0)
 # in a virtualenv outside the repo, keyed by version, with the requirements of every integration the
-# tests load pre-installed (Home Assistant then starts with --skip-pip). Cold ~3-4 min, ~0.8 GB; then
+# tests load pre-installed (Home Assistant then starts with --skip-pip). Cold ~2-4 min, ~1.5 GB; then
 # nothing to do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,7 @@ if [ -z "$PY" ]; then
        "or set HOMELAB_HA_PYTHON" >&2
   exit 1
 fi
-echo "install-ha: Home Assistant $HA with $PY into $VENV (once; ~3-4 min, ~0.8 GB)" >&2
+echo "install-ha: Home Assistant $HA with $PY into $VENV (once; ~2-4 min, ~1.5 GB)" >&2
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install -q "homeassistant==$HA" 2>&1 | grep -v '^WARNING: Location' || true

@@ -39,7 +39,8 @@ if [ "$MODE" = dev ]; then
   .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/python -c "import services.router, openai, anthropic, schemathesis"  # fail loudly if it did not take
 else
-  .venv/bin/python -m pip install -q -e '.' 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -c "import services.router"  # fail loudly if the install did not take
+  # the plot extra too: `homelab usage --plot` works out of the box
+  .venv/bin/python -m pip install -q -e '.[plot]' 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -c "import services.router, matplotlib"  # fail loudly if the install did not take
 fi
 echo "$KEY $MODE" > "$STAMP"

@@ -73,22 +73,29 @@ def plot(lines: list[dict[str, Any]], target: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise RuntimeError("the chart needs matplotlib: .venv/bin/pip install 'homelab[plot]'") from exc
+        raise RuntimeError("the chart needs matplotlib, which scripts/install.sh installs; by hand: "
+                           ".venv/bin/pip install -e '.[plot]'") from exc
     hours: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for d in lines:
         day = time.strftime("%Y-%m-%d", time.localtime(d["ts"]))
         hours[d.get("client") or "anonymous"][day] += float(d.get("gpu_s") or 0) / 3600
     days = sorted({day for per in hours.values() for day in per})
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
+    x = list(range(len(days)))
     bottom = [0.0] * len(days)
     for client in sorted(hours):
         values = [hours[client].get(day, 0.0) for day in days]
-        ax.bar(days, values, bottom=bottom, label=client)
+        ax.bar(x, values, bottom=bottom, label=client, width=0.6)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    # a week's room at least: one day is a thin bar with its date, not a slab filling the chart
+    slots = max(len(days), 7)
+    ax.set_xlim(-0.5 - (slots - len(days)) / 2, len(days) - 0.5 + (slots - len(days)) / 2)
+    ax.set_xticks(x, [time.strftime("%a %d %b", time.strptime(d, "%Y-%m-%d")) for d in days])
     ax.set_title("GPU-hours per client per day")
     ax.set_ylabel("GPU-hours")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the bars, never on them
-    fig.autofmt_xdate()
+    if len(days) > 7:
+        fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(target)
     plt.close(fig)

@@ -42,6 +42,12 @@ class RouterApp(FastAPI):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        if scope["method"] == "HEAD":
+            # a client seeing whether the server is there (Claude Code asks HEAD / and HEAD /api/hello):
+            # it is, and that is no request to put on the record
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
         started = False
 
         async def tracked(message: Message) -> None:

@@ -17,6 +17,8 @@ from services.router.accounting import Accounting
 from services.router.attempt import Attempts, error_response
 from services.router.errors import RequestError, error_body
 from services.router.outcomes import Outcome
+from services.router.policy import Route
+from services.router.redact import scrub
 from services.router.request import JSON, Ctx
 from services.router.slots import Slot, take
 from services.router.state import RouteState
@@ -42,7 +44,9 @@ class Dispatcher:
         last: Outcome | None = None
         while True:
             if route_name in tried:
-                return self._give_up(ctx, last, f"every route on the path {','.join(ctx.path)} failed")
+                return self._give_up(ctx, f"No route could answer: {' → '.join(dict.fromkeys(ctx.path))} all failed "
+                                          f"(the last: {short(last.detail if last else 'no answer')}).",
+                                     "Check them with `homelab upstreams`.")
             route = policy.routes[route_name]
             st = states[route_name]
             ctx.path.append(route_name)
@@ -53,7 +57,9 @@ class Dispatcher:
                 tried.add(route_name)
                 nxt = vision_fallback(policy, tried)
                 if nxt is None:
-                    return self._give_up(ctx, last, "no route that can see images is available")
+                    return self._give_up(ctx, "No route that can see images can take this request: "
+                                              f"{', '.join(sorted(tried))} cannot.",
+                                         "Retry shortly, or send it without the image.", busy=True)
                 route_name = nxt
                 continue
             if skip is not None:
@@ -73,7 +79,7 @@ class Dispatcher:
                                        f"request (its routes: {', '.join(sorted(ctx.who.routes or ()))})",
                                        status=403, type_="permission_error", code="route_not_allowed")
                 if nxt is None:
-                    return self._give_up(ctx, last, f"{route_name} is {skip}", terminal=route.terminal)
+                    return self._refused(ctx, route_name, route, st, skip)
                 self.acct.moved(route_name, nxt, skip)
                 route_name = nxt
                 continue
@@ -100,19 +106,58 @@ class Dispatcher:
             ctx.reason = f"{route_name}_{cause}"
             nxt = next_route(route, has_image, cause)
             if nxt is None:
-                return self._give_up(ctx, outcome, outcome.detail, terminal=route.terminal)
+                if outcome.kind == "busy":
+                    return self._give_up(ctx, f"Route '{route_name}' is busy: its engine answered "
+                                              f"{short(outcome.detail)}.", "Retry in a few seconds.", busy=True)
+                return self._give_up(ctx, f"Route '{route_name}' failed to answer: {short(outcome.detail)}.",
+                                     f"{_alone(route)} Retry in a moment, or check its engine (`homelab upstreams`).")
             self.acct.moved(route_name, nxt, outcome.kind)
             route_name = nxt
 
+    def _refused(self, ctx: Ctx, name: str, route: Route, st: RouteState, skip: str) -> Response:
+        """The last route on the path cannot take the request, and nothing comes after it."""
+        if skip == "drained":
+            return self._give_up(ctx, f"Route '{name}' is drained for maintenance.",
+                                 f"Undrain it (`homelab undrain {name}`) or pin another route with X-Homelab-Route.")
+        if skip == "saturated":
+            return self._give_up(ctx, f"Route '{name}' is busy: all {route.max_concurrency} of its slots are taken.",
+                                 "Retry in a few seconds.", busy=True)
+        if skip == "reserved":
+            kept = ", ".join(k for k in route.reserve if k != ctx.who.klass)
+            return self._give_up(ctx, f"Route '{name}' is busy: its free slots are kept for {kept} clients.",
+                                 "Retry in a few seconds.", busy=True)
+        return self._give_up(ctx, f"Route '{name}' cannot answer: {state_reason(st)}.",
+                             f"{_alone(route)} Check its engine (`homelab upstreams`) or pin another route with "
+                             "X-Homelab-Route.")
+
     @staticmethod
-    def _give_up(ctx: Ctx, last: Outcome | None, why: str, *, terminal: bool = False) -> Response:
+    def _give_up(ctx: Ctx, what: str, fix: str, *, busy: bool = False) -> Response:
+        """A 503 that says which route, why, and what to do — a short sentence each (no upstream address)."""
         route = ctx.path[-1] if ctx.path else ctx.decision.route
-        detail = last.detail if last and last.detail and last.detail not in why else ""
-        message = f"No upstream could answer: {why}" + (f" ({detail})" if detail else "")
-        if terminal:
-            message = f"Route '{route}' is terminal and never falls back: {why}" + (
-                f" ({detail})" if detail else "")
+        message = f"{scrub(what)} {fix}"
         ctx.status = 503
         ctx.error = message
         body = error_body(message, type_="server_error", code="upstream_unavailable")
-        return Response(orjson.dumps(body), status_code=503, media_type=JSON, headers=ctx.headers(route))
+        headers = ctx.headers(route)
+        if busy:
+            headers["Retry-After"] = "2"
+        return Response(orjson.dumps(body), status_code=503, media_type=JSON, headers=headers)
+
+
+def short(detail: str, limit: int = 120) -> str:
+    """An upstream's words, short: the cause label dropped, cut at ``limit`` characters."""
+    text = detail.split(": ", 1)[1] if ": " in detail[:24] else detail
+    text = text.removeprefix("probe: ").strip().rstrip(".")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def state_reason(st: RouteState) -> str:
+    if st.poisoned:
+        return "it is poisoned by a CUDA error (`homelab recover-cuda` or undrain it once fixed)"
+    if st.circuit == "open":
+        return f"its circuit is open after {st.failures} failures (the last: {short(st.last_error or '?')})"
+    return f"its engine fails its health probe ({short(st.last_error or 'no answer')})"
+
+
+def _alone(route: Route) -> str:
+    return "It is terminal: nothing else answers for it." if route.terminal else "It has no failover."

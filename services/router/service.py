@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from services.router.preflight import Preflight
 from services.router.prober import Prober
 from services.router.proxy import Dispatcher
 from services.router.recovery import Recovery
+from services.router.redact import scrub
 from services.router.shadow import Shadow, refuse_changes
 from services.router.state import RouteState
 from services.router.upstream import Upstream
@@ -37,21 +37,6 @@ from shared.jsonl import JsonlWriter, log_dir
 log = logging.getLogger("homelab.router")
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
-
-
-# URLs, host:port, ('host', port) and bare IP addresses, as engines and aiohttp write them into errors
-_ADDRESS = re.compile(r"[a-z][a-z0-9+.-]*://\S+|\(\s*'[^']*',\s*\d+\s*\)|\[[0-9a-f:]+\](?::\d+)?"
-                      r"|\b(?:\d{1,3}(?:\.\d{1,3}){3}|localhost|[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z][a-z0-9-]*:\d{1,5})(?::\d{1,5})?\b",
-                      re.IGNORECASE)
-
-
-def scrub(value: Any) -> Any:
-    """A value for someone without the admin token: upstream addresses replaced by ``<upstream>``."""
-    if isinstance(value, str):
-        return _ADDRESS.sub("<upstream>", value)
-    if isinstance(value, dict):
-        return {k: scrub(v) for k, v in value.items()}
-    return value
 
 
 def compile_candidate(text: str) -> Decider:

@@ -66,7 +66,9 @@ class SimConfig(BaseModel):
     piece_chars: int | None = None  # stream the answer this many characters a delta (None: a word a delta)
     # False: vLLM started without --enable-auto-tool-choice: tools with tool_choice auto (or none given) → 400
     auto_tool_choice: bool = True
-    tool_call_any: bool = False  # with no tool_call set: call the first tool offered, with no arguments
+    # with no tool_call set: call the tool the last user turn asks for (write/read/run/search), with
+    # arguments from its words, as a model would; asked for none of them, answer in words
+    tool_call_any: bool = False
     responses: bool = False  # serve /v1/responses natively (recent vLLM); else it is a 404 (most engines)
     messages: bool = False  # serve Anthropic's /v1/messages natively (llama.cpp's server, vLLM); else a 404
     max_model_len: int = 32768  # the context window /v1/models reports (as vLLM does)

@@ -21,6 +21,7 @@ from services.sim_upstream.shapes import (
     CONTINUE_MARK,
     ENGINE_DEAD,
     ENGINES,
+    acted_call,
     answer_text,
     context_error,
     err,
@@ -242,8 +243,11 @@ class SimUpstream:
         markup_anyway = c.tool_format != "native" or body.get("tool_choice") != "none"  # a model writes it regardless
         if c.tool_call is None and c.tool_call_any and body.get("tools") and last.get("role") == "user" \
                 and markup_anyway:
-            first = (body["tools"][0].get("function") or {}) if isinstance(body["tools"][0], dict) else {}
-            c = c.model_copy(update={"tool_call": {"name": str(first.get("name") or "tool"), "arguments": {}}})
+            # a model that acts on the prompt: the tool the user's words ask for, with arguments taken from
+            # them (a quoted text, a file name) — or, asked for none, an answer in words
+            acted = acted_call(messages, body["tools"])
+            if acted is not None:
+                c = c.model_copy(update={"tool_call": acted})
         # a call is written for a user's turn, and by a model asked to go on with an answer (a continuation)
         if c.tool_call and body.get("tools") and (last.get("role") == "user" or prefix):
             if c.tool_format == "native":

@@ -3,6 +3,7 @@ each model family's tool-call markup, a rough prompt token count."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import orjson
@@ -120,3 +121,69 @@ def err(status: int, message: str, type_: str, code: str | None = None, **header
     body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
                         headers=headers)
+
+
+# ---- a simulated model that acts on the prompt -------------------------------------------------
+
+_REMINDER = re.compile(r"<system-reminder>.*?</system-reminder>", re.S)
+_QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|'([^']+)'")
+_FILE = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.[A-Za-z0-9]{1,8})(?![\w.])")
+# what the last user turn asks for, in order of precedence, and the tool names that do it
+_INTENTS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
+    (re.compile(r"\b(write|create|save|make|put)\b", re.I), ("write", "create_file", "write_file", "edit", "apply")),
+    (re.compile(r"\b(read|show|open|cat|look at|print)\b", re.I), ("read", "view", "open_file", "cat")),
+    (re.compile(r"\b(run|execute|exec|ls|list|bash|shell|command)\b", re.I),
+     ("bash", "shell", "exec", "run", "command", "terminal")),
+    (re.compile(r"\b(search|grep|find)\b", re.I), ("grep", "search", "glob", "find")),
+)
+
+
+def last_user_text(messages: list[Any]) -> str:
+    """The words of the last user turn (an agent's system reminders left out)."""
+    for m in reversed(messages):
+        if isinstance(m, dict) and m.get("role") == "user":
+            c = m.get("content")
+            if isinstance(c, list):
+                c = "\n".join(str(p.get("text") or "") for p in c if isinstance(p, dict))
+            return _REMINDER.sub("", str(c or "")).strip()
+    return ""
+
+
+def _argument(key: str, schema: dict[str, Any], text: str) -> Any:
+    """A value for one parameter, taken from the prompt where it says one."""
+    k = key.lower()
+    quoted = next((g for m in _QUOTED.finditer(text) for g in m.groups() if g), None)
+    if schema.get("type", "string") == "string":
+        if any(w in k for w in ("path", "file", "filename", "name")):
+            found = _FILE.search(text)
+            return found.group(1) if found else "notes.txt"
+        if any(w in k for w in ("content", "text", "body", "data")):
+            return quoted if quoted is not None else "hello"
+        if any(w in k for w in ("command", "cmd", "script")):
+            return quoted or "ls"
+        if any(w in k for w in ("pattern", "query", "regex", "glob")):
+            return quoted or "TODO"
+        if "description" in k:
+            return "as asked"
+    return example_for_schema(schema)
+
+
+def acted_call(messages: list[Any], tools: list[Any]) -> dict[str, Any] | None:
+    """The tool call a model would make for the last user turn (``{"name", "arguments"}``), or None when
+    it asks for none of the tools offered (the model answers in text)."""
+    text = last_user_text(messages)
+    offered: list[dict[str, Any]] = [t["function"] for t in tools
+                                     if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    for pattern, names in _INTENTS:
+        if not pattern.search(text):
+            continue
+        for want in names:
+            fn = next((f for f in offered if want in str(f.get("name", "")).lower()), None)
+            if fn is None:
+                continue
+            params: dict[str, Any] = fn["parameters"] if isinstance(fn.get("parameters"), dict) else {}
+            props: dict[str, Any] = params["properties"] if isinstance(params.get("properties"), dict) else {}
+            required: list[Any] = params["required"] if isinstance(params.get("required"), list) else list(props)
+            args = {k: _argument(k, props.get(k) or {}, text) for k in required if isinstance(k, str)}
+            return {"name": str(fn["name"]), "arguments": args}
+    return None

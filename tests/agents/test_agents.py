@@ -127,3 +127,39 @@ def test_claude_code_writes_a_file_with_its_tool(lab: Lab, claude_code: Path, tm
     if engine != "native":
         lines = read_jsonl(lab.log_dir / "router-decisions.jsonl")
         assert any("tool_calls_parsed:glm45:1" in (d.get("events") or ()) for d in lines)
+
+
+def embedded_models(lab: Lab) -> None:
+    """The lab's simulated models as `homelab up` starts them (services/up.py): vLLM (LM Studio on
+    win-5090), calling the tool the prompt asks for, in each route's markup where the route parses it."""
+    for name, route in lab.policy["routes"].items():
+        parser = route.get("tool_parser", "none")
+        lab.configure(name, engine="lmstudio" if name == "win-5090" else "vllm", tool_call_any=True,
+                      **({"tool_format": parser, "auto_tool_choice": False} if parser != "none" else {}))
+
+
+def readme_block(marker: str) -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    after = text.split(f"<!-- {marker} -->", 1)[1]
+    return after.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_claude_code_block_writes_the_file_on_the_embedded_lab(lab: Lab, claude_code: Path,
+                                                                          tmp_path: Path) -> None:
+    """A new user copies the README's block into a shell: Claude Code asks the lab, the model calls its
+    Write tool (not the first tool offered), and the file is there. Its HEAD probes are no requests."""
+    embedded_models(lab)
+    block = readme_block("claude-code")
+    script = block.replace("http://127.0.0.1:8080", lab.url).replace("\n  claude ", f"\n  {claude_code} ")
+    assert str(claude_code) in script
+    env = {**os.environ, "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "DISABLE_AUTOUPDATER": "1",
+           "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+           "NO_COLOR": "1"}
+    p = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=240,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert p.stdout.rstrip().endswith("hi"), p.stdout[-2000:]  # `cat hello.txt`: the file Claude Code wrote
+    assert "InputValidationError" not in p.stdout + p.stderr
+    lines = read_jsonl(lab.log_dir / "router-decisions.jsonl")
+    assert not [d for d in lines if d.get("method") == "HEAD" or d.get("status") == 404]
+    assert httpx.head(lab.url + "/").status_code == 200
