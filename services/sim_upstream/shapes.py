@@ -174,8 +174,10 @@ def acted_call(messages: list[Any], tools: list[Any]) -> dict[str, Any] | None:
     text = last_user_text(messages)
     offered: list[dict[str, Any]] = [t["function"] for t in tools
                                      if isinstance(t, dict) and isinstance(t.get("function"), dict)]
-    for pattern, names in _INTENTS:
-        if not pattern.search(text):
+    named = [f for f in offered if f.get("name") and re.search(rf"\b{re.escape(str(f['name']))}\b", text, re.I)]
+    choices = [(None, (str(named[0]["name"]).lower(),))] if named else list(_INTENTS)
+    for pattern, names in choices:  # a tool the user names, else the one their words ask for
+        if pattern is not None and not pattern.search(text):
             continue
         for want in names:
             fn = next((f for f in offered if want in str(f.get("name", "")).lower()), None)

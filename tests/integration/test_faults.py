@@ -305,3 +305,47 @@ def test_a_flapping_route_loses_and_regains_traffic(lab: Lab) -> None:
             break
         threading.Event().wait(0.1)
     assert routes[-1] == "ubuntu-6000"
+
+
+# ---- a 503 a person can act on ----------------------------------------------------------------
+
+def _sentences(message: str) -> list[str]:
+    return [s for s in message.replace("e.g.", "eg").split(". ") if s]
+
+
+def test_a_down_terminal_route_says_which_route_why_and_what_to_do(lab: Lab) -> None:
+    lab.stop_upstream("spark")
+    lab.bg.run(lab.svc.probe_once())
+    r = post(lab, [{"role": "user", "content": "review the architecture"}])  # reasoning -> spark, terminal
+    assert r.status_code == 503
+    message = r.json()["error"]["message"]
+    assert message.startswith("Route 'spark' cannot answer: its engine fails its health probe")
+    assert "terminal" in message and "homelab upstreams" in message and "X-Homelab-Route" in message
+    assert str(lab.sims["spark"].port) not in message and "127.0.0.1" not in message  # no address for a client
+    assert len(_sentences(message)) == 3  # the route and why; what that means; what to do
+
+
+def test_a_full_route_says_so_and_when_to_come_back(lab: Lab) -> None:
+    lab.policy["routes"]["spark"]["max_concurrency"] = 1
+    lab.write_policy(lab.policy)
+    assert admin(lab, "POST", "/admin/reload-config").status_code == 200
+    lab.configure("spark", ttft=1.5)
+    busy = threading.Thread(target=lambda: post(lab, [{"role": "user", "content": "review the architecture"}]))
+    busy.start()
+    threading.Event().wait(0.4)
+    r = post(lab, [{"role": "user", "content": "review the architecture"}])
+    busy.join()
+    assert r.status_code == 503 and r.headers["retry-after"] == "2"
+    assert r.json()["error"]["message"] == ("Route 'spark' is busy: all 1 of its slots are taken. "
+                                            "Retry in a few seconds.")
+
+
+def test_a_drained_pin_says_how_to_undrain_it(lab: Lab) -> None:
+    assert admin(lab, "POST", "/admin/drain/spark").status_code == 200
+    r = post(lab, [{"role": "user", "content": "hi"}], model="homelab/reasoning")
+    if r.status_code == 200:  # a pin passes its own drain
+        assert r.headers["x-homelab-route"] == "spark"
+    r = post(lab, [{"role": "user", "content": "review the architecture"}])  # auto: drained, terminal
+    assert r.status_code == 503
+    assert r.json()["error"]["message"] == ("Route 'spark' is drained for maintenance. Undrain it "
+                                            "(`homelab undrain spark`) or pin another route with X-Homelab-Route.")
