@@ -47,6 +47,9 @@ def sensor_discovery(host: str, r: Reading) -> tuple[str, dict[str, Any]]:
     }
     if r.unit:
         cfg["unit_of_measurement"] = r.unit
+        # whole MiB, tenths of a GiB: numbers that fit a dashboard's row
+        if r.unit in ("MiB", "GiB"):
+            cfg["suggested_display_precision"] = 0 if r.unit == "MiB" else 1
     if r.device_class:
         cfg["device_class"] = r.device_class
     if r.icon:

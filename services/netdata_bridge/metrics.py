@@ -101,6 +101,10 @@ def extract(allmetrics: dict[str, Any], mounts: tuple[str, ...] = ("/",)) -> dic
         if "avail" in disk:
             add(Reading(f"disk_{slug}_available", f"Disk {mount} available", round(disk["avail"], 2), "GiB",
                         "data_size", "mdi:harddisk", "storage"))
+        if "used" in disk and "avail" in disk and disk["used"] + disk["avail"] > 0:
+            # how full, at a glance (the dashboard's gauge): used of what the filesystem offers
+            add(Reading(f"disk_{slug}_used_percent", f"Disk {mount} used", round(
+                100 * disk["used"] / (disk["used"] + disk["avail"]), 1), "%", None, "mdi:harddisk", "storage"))
 
     # GPUs (go.d nvidia_smi): one chart per GPU and metric, matched by context and dimension name
     gpus: dict[str, dict[str, Any]] = {}

@@ -78,7 +78,7 @@ def test_system_health_dashboard_references_exactly_what_the_bridge_creates() ->
                for host, metrics in lab_hosts().items() for r in extract(metrics).values()}
     dashboard = HA / "dashboards" / "system_health.yaml"
     views = load(dashboard)["views"]
-    assert [v["title"] for v in views] == ["Overview", "GPUs", "Storage"]
+    assert [v["title"] for v in views] == ["Overview", "GPUs"]  # storage is on the overview, a gauge a disk
     referenced = set(ENTITY.findall(dashboard.read_text()))
     assert referenced == created
     assert "sensor.spark_gpu0_memory_used" not in referenced  # unified memory: no VRAM sensor
