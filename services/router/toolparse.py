@@ -24,6 +24,7 @@ import ast
 import json
 import os
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -157,7 +158,7 @@ def _glm_call(body: str, schemas: Schemas) -> Call:
 
 # ---- the families: where a call starts, and a call read from its start ---------------------------
 
-class _Family:
+class _Family(ABC):
     """``starts``: what opens a call; ``take``: the call at the start of the text and where it ends
     (None while its markup is still arriving); ``last``: the same at the end of the answer (a call the
     model never closed); ``more``: may another call follow one that has closed?"""
@@ -173,8 +174,9 @@ class _Family:
     def __init__(self, schemas: Schemas) -> None:
         self.schemas = schemas
 
+    @abstractmethod
     def take(self, text: str) -> tuple[Call, int] | None:
-        raise NotImplementedError
+        """The call at the start of ``text`` and where its markup ends; None while it is arriving."""
 
     def last(self, text: str) -> Call:
         raise ParseError(f"{self.name}: the call is not closed")
