@@ -32,6 +32,8 @@ from services.router.http import ClientGone, error, header, is_admin, read_body,
 from services.router.http import request_id as request_id_of
 from services.router.policy import Route
 from services.router.preflight import EmbeddingsRequest, preflight, without_nulls
+from services.router.proxy import state_reason
+from services.router.redact import scrub
 from services.router.relay import RelayResponse
 from services.router.request import CLIENT_GONE, JSON, Ctx
 from services.router.responses import StreamTranslator, to_chat, to_response
@@ -265,12 +267,12 @@ class PublicAPI:
             if slot == "not_allowed":
                 raise RequestError(f"Client '{who.name}' may not use route '{name}', the lab's embeddings route",
                                    status=403, type_="permission_error", code="route_not_allowed")
-            why = {"down": f"it is {st.why_unavailable()}", "drained": "it is drained",
+            why = {"down": state_reason(st), "drained": "it is drained",
                    "saturated": f"it is at its cap of {route.max_concurrency}",
                    "reserved": "its free slots are reserved for other clients"}.get(slot, slot)
             record["reason"] = f"{name}_{slot}"
-            resp = error(503, f"Embeddings route '{name}' cannot take the request: {why}", type_="server_error",
-                         code="upstream_unavailable", headers={**headers, "Retry-After": "1"})
+            resp = error(503, scrub(f"Embeddings route '{name}' cannot take the request: {why}."),
+                         type_="server_error", code="upstream_unavailable", headers={**headers, "Retry-After": "1"})
         else:
             resp = await watched(request, self._embed(rec, name, route, st, slot, body, headers, record))
         svc.metrics.requests.labels(name, "", record["reason"], str(resp.status_code)).inc()
