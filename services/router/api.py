@@ -32,7 +32,6 @@ from services.router.http import ClientGone, error, header, is_admin, read_body,
 from services.router.http import request_id as request_id_of
 from services.router.policy import Route
 from services.router.preflight import EmbeddingsRequest, preflight, without_nulls
-from services.router.proxy import state_reason
 from services.router.redact import scrub
 from services.router.relay import RelayResponse
 from services.router.request import CLIENT_GONE, JSON, Ctx
@@ -267,7 +266,7 @@ class PublicAPI:
             if slot == "not_allowed":
                 raise RequestError(f"Client '{who.name}' may not use route '{name}', the lab's embeddings route",
                                    status=403, type_="permission_error", code="route_not_allowed")
-            why = {"down": state_reason(st), "drained": "it is drained",
+            why = {"down": st.why_unavailable(), "drained": "it is drained",
                    "saturated": f"it is at its cap of {route.max_concurrency}",
                    "reserved": "its free slots are reserved for other clients"}.get(slot, slot)
             record["reason"] = f"{name}_{slot}"

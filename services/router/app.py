@@ -17,7 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 from services.router.admin import admin_api
 from services.router.api import PublicAPI, mount
 from services.router.decide import Decider
-from services.router.errors import RequestError
+from services.router.errors import RequestError, error_body
 from services.router.http import error
 from services.router.policy import load_policy
 from services.router.request import JSON
@@ -68,8 +68,8 @@ class RouterApp(FastAPI):
             # here, so the ASGI server never resets the client's keep-alive connection over it.
             if not started:
                 log.exception("unanswered exception on %s %s", scope["method"], scope["path"])
-                body = orjson.dumps({"error": {"message": "Internal error in homelab-router", "type": "server_error",
-                                               "code": "internal_error"}})
+                body = orjson.dumps(error_body("Internal error in homelab-router", type_="server_error",
+                                               code="internal_error"))
                 await send({"type": "http.response.start", "status": 500,
                             "headers": [(b"content-type", b"application/json"),
                                         (b"content-length", str(len(body)).encode())]})

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import aiohttp
 import orjson
 from starlette.responses import Response
 
@@ -18,7 +17,7 @@ from services.router.attempt import Attempts, error_response
 from services.router.errors import RequestError, error_body
 from services.router.outcomes import Outcome
 from services.router.policy import Route
-from services.router.redact import scrub
+from services.router.redact import scrub, short
 from services.router.request import JSON, Ctx
 from services.router.slots import Slot, take
 from services.router.state import RouteState
@@ -27,11 +26,11 @@ from services.router.walk import Cause, context_next, next_route, vision_fallbac
 
 
 class Dispatcher:
-    def __init__(self, session: aiohttp.ClientSession, states: Callable[[], dict[str, RouteState]],
+    def __init__(self, upstream: Upstream, states: Callable[[], dict[str, RouteState]],
                  acct: Accounting, on_poisoned: Callable[[str, str], Awaitable[None]] | None = None) -> None:
         self._states = states
         self.acct = acct
-        self.attempts = Attempts(Upstream(session), acct, states, on_poisoned)
+        self.attempts = Attempts(upstream, acct, states, on_poisoned)
 
     async def chat(self, ctx: Ctx) -> Response:
         policy = ctx.policy
@@ -65,7 +64,7 @@ class Dispatcher:
             if skip is not None:
                 ctx.reason = f"{route_name}_{skip}"
                 if skip == "down" and last is None:
-                    last = Outcome.failed("down", f"{route_name} is {st.why_unavailable()}")
+                    last = Outcome.failed("down", f"{route_name}: {st.why_unavailable()}")
                 elif skip == "saturated":
                     last = Outcome.failed("saturated", f"{route_name} is at its cap of {route.max_concurrency}",
                                           kind="busy")
@@ -126,7 +125,7 @@ class Dispatcher:
             kept = ", ".join(k for k in route.reserve if k != ctx.who.klass)
             return self._give_up(ctx, f"Route '{name}' is busy: its free slots are kept for {kept} clients.",
                                  "Retry in a few seconds.", busy=True)
-        return self._give_up(ctx, f"Route '{name}' cannot answer: {state_reason(st)}.",
+        return self._give_up(ctx, f"Route '{name}' cannot answer: {st.why_unavailable()}.",
                              f"{_alone(route)} Check its engine (`homelab upstreams`) or pin another route with "
                              "X-Homelab-Route.")
 
@@ -142,21 +141,6 @@ class Dispatcher:
         if busy:
             headers["Retry-After"] = "2"
         return Response(orjson.dumps(body), status_code=503, media_type=JSON, headers=headers)
-
-
-def short(detail: str, limit: int = 120) -> str:
-    """An upstream's words, short: the cause label dropped, cut at ``limit`` characters."""
-    text = detail.split(": ", 1)[1] if ": " in detail[:24] else detail
-    text = text.removeprefix("probe: ").strip().rstrip(".")
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def state_reason(st: RouteState) -> str:
-    if st.poisoned:
-        return "it is poisoned by a CUDA error (`homelab recover-cuda` or undrain it once fixed)"
-    if st.circuit == "open":
-        return f"its circuit is open after {st.failures} failures (the last: {short(st.last_error or '?')})"
-    return f"its engine fails its health probe ({short(st.last_error or 'no answer')})"
 
 
 def _alone(route: Route) -> str:

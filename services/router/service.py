@@ -125,8 +125,8 @@ class RouterService:
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                          skip_auto_headers=("User-Agent",)) as session:
             self.session = session
-            self.upstream = Upstream(session)
-            self.dispatcher = Dispatcher(session, lambda: self.states, self.acct, self._on_poisoned)
+            self.upstream = Upstream(session)  # the one wire: the request path and the prober's checks
+            self.dispatcher = Dispatcher(self.upstream, lambda: self.states, self.acct, self._on_poisoned)
             async with asyncio.TaskGroup() as tg:
                 background = []
                 if self.settings.probes:

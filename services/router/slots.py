@@ -18,10 +18,9 @@ from services.router.walk import Skip, admission
 class Slot:
     """A request's hold on one slot of one route: released exactly once, whoever calls first."""
 
-    __slots__ = ("name", "released", "st", "trial")
+    __slots__ = ("released", "st", "trial")
 
-    def __init__(self, name: str, st: RouteState, trial: bool) -> None:
-        self.name = name
+    def __init__(self, st: RouteState, trial: bool) -> None:
         self.st = st
         self.trial = trial  # this request is the half-open circuit's one trial
         self.released = False
@@ -38,4 +37,4 @@ def take(name: str, route: Route, st: RouteState, *, pinned: bool = False, has_i
     skip = admission(name, route, st, pinned=pinned, has_image=has_image, cooldown=cooldown, who=who)
     if skip is not None:
         return skip
-    return Slot(name, st, st.take())
+    return Slot(st, st.take())

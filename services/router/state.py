@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from services.router.redact import short
+
 Circuit = Literal["closed", "open", "half_open"]
 
 
@@ -69,7 +71,7 @@ class RouteState:
             return False
         if self.circuit == "open":
             # While probes say it is down, an open circuit stays open: no request pays for the outage.
-            if not self.healthy or time.monotonic() - self.opened_at < cooldown:
+            if self.circuit_now(cooldown) == "open":
                 return False
             self.circuit = "half_open"
         if self.circuit == "half_open":
@@ -90,11 +92,12 @@ class RouteState:
             self.trial = False
 
     def why_unavailable(self) -> str:
+        """Why the route takes no request now, in words a client reads (no upstream address: scrub it)."""
         if self.poisoned:
-            return "poisoned (CUDA error)"
+            return "it is poisoned by a CUDA error (`homelab recover-cuda` or undrain it once fixed)"
         if self.circuit == "open":
-            return f"circuit open after {self.failures} failures: {self.last_error}"
-        return f"failing health probes: {self.last_error}"
+            return f"its circuit is open after {self.failures} failures (the last: {short(self.last_error or '?')})"
+        return f"its engine fails its health probe ({short(self.last_error or 'no answer')})"
 
     def record_success(self) -> None:
         self.failures = 0
