@@ -16,6 +16,7 @@ from services.router.accounting import Accounting
 from services.router.continuation import Continuation
 from services.router.errors import error_body
 from services.router.faults import FailurePath, fault_outcome
+from services.router.messages import error_body as anthropic_error
 from services.router.outcomes import UpstreamFault
 from services.router.policy import Route
 from services.router.relay import StreamTrack, consume
@@ -143,7 +144,6 @@ class StreamRelay:
             self.acct.finish(ctx, name)
             yield in_band_error(track.native, ctx.request_id, msg, "upstream_stream_failed")
 
-
     async def _continued(self, ctx: Ctx, name: str, route: Route, track: StreamTrack,
                          partial: str | None) -> AsyncIterator[bytes]:
         """The continuation's bytes — through the failover route's own tool parser when it has one, so a
@@ -172,8 +172,7 @@ def in_band_error(native: str | None, request_id: str, message: str, code: str) 
     """The last event of a stream that failed, in the shape of the API the client speaks: OpenAI's
     ``data: {"error": …}``, Anthropic's ``event: error``, or the Responses API's failure events."""
     if native == "messages":
-        ev = {"type": "error", "error": {"type": "api_error", "message": message}}
-        return b"event: error\ndata: " + orjson.dumps(ev) + b"\n\n"
+        return b"event: error\ndata: " + orjson.dumps(anthropic_error(500, message)) + b"\n\n"
     if native == "responses":
         err = {"code": "server_error", "message": message}
         failed = {"type": "response.failed", "response": {"id": f"resp_{request_id}", "object": "response",
