@@ -140,21 +140,27 @@ class Notifier:
                 await self._take_back(event_id, record, name)
 
     async def _take_back(self, event_id: str, record: dict[str, Any], name: str) -> None:
-        """A finished event turned out to be a resident's: its push comes off the phone."""
-        if record.get("held") or (record.get("threat_level") or 0) >= 2:
+        """A finished event turned out to be a resident's: its push comes off the phone (through the
+        clear channel, as any take-back)."""
+        ev = self.store.event(event_id)
+        if ev is None or record.get("held") or (record.get("threat_level") or 0) >= 2:
             return
         sent = record.get("channels") or {}
         if not any((sent.get(c) or {}).get("ok") for c in PUSHES):
             return
-        await self.bus.publish(topics.NOTIFY_CLEAR, orjson.dumps({
-            "event_id": event_id, "trace_id": record.get("trace_id"), "camera": record.get("camera"),
-            "tag": event_id, "reason": f"known face: {name}"}))
-        record = {**record, "held": {"reason": "known face", "name": name},
+        channels = {**sent, "clear": await self._clear(ev, f"known face: {name}", set())}
+        record = {**record, "channels": channels, "held": {"reason": "known face", "name": name},
                   "cleared": f"Frigate named {name} (a known face) after the push went out: taken back"}
         self.store.finish(event_id, record)
         await self.bus.publish(topics.TIMELINE, orjson.dumps(record))
-        await self._face_held(str(record.get("camera") or ""), name)
+        await self._face_held(ev.camera, name)
         log.info("event %s: %s's face named after the push: taken back", event_id, name)
+
+    async def _clear(self, ev: CameraEvent, reason: str, already_sent: set[str]) -> dict[str, Any]:
+        """Take the event's push back off the phone (the notify package clears the tag)."""
+        clear = {"event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera, "tag": ev.event_id,
+                 "reason": reason}
+        return await self._channel("clear", ev, clear, self.send_clear, already_sent)
 
     async def _face_held(self, camera: str, name: str) -> None:
         held = self.store.face_held(object_id(camera))
@@ -187,7 +193,7 @@ class Notifier:
         look = asyncio.create_task(self._first_look(ev, cam, record, t0))
         # the first push never waits past the deadline: "<label> at <camera>" goes out, the triage updates it
         first: asyncio.Task[dict[str, Any]] | None = None
-        flight = self.flights.setdefault(ev.event_id, Flight())
+        flight = self.flights[ev.event_id]  # run() opened it
         if not held and not flight.known:  # a resident's face waits for the classifier (level 2 still pushes)
             left = self.cfg.first_push_deadline - (time.perf_counter() - t0)
             done, _ = await asyncio.wait({look}, timeout=max(0.0, left))
@@ -221,9 +227,7 @@ class Notifier:
                 channels["first"] = await first
                 because = "threat level 0" if not held else f"{held['reason']}" + (
                     f": {held['name']}" if held.get("name") else "")
-                clear = {"event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera, "tag": ev.event_id,
-                         "reason": because}
-                channels["clear"] = await self._channel("clear", ev, clear, self.send_clear, already_sent)
+                channels["clear"] = await self._clear(ev, because, already_sent)
                 record["cleared"] = (f"the first push went out at the deadline; then it was held ({because}), so it "
                                      "was cleared from the phone")
             await self._timeline(ev, record, already_sent)
@@ -261,9 +265,7 @@ class Notifier:
         if (who := self._withheld(ev)) is not None:  # Frigate named a resident while this event was pushed
             record["held"] = {"reason": "known face", "name": who}
             if any(c.get("ok") for c in channels.values()):
-                clear = {"event_id": ev.event_id, "trace_id": ev.trace_id, "camera": ev.camera, "tag": ev.event_id,
-                         "reason": f"known face: {who}"}
-                channels["clear"] = await self._channel("clear", ev, clear, self.send_clear, already_sent)
+                channels["clear"] = await self._clear(ev, f"known face: {who}", already_sent)
                 record["cleared"] = f"Frigate named {who} (a known face) after the push went out: taken back"
             await self._face_held(ev.camera, who)
         record["total_ms"] = _ms(t0)

@@ -79,6 +79,11 @@ class NotifierStore:
         self.db.execute("UPDATE events SET done = 1, record = ? WHERE event_id = ?",
                         (orjson.dumps(record), event_id))
 
+    def event(self, event_id: str) -> CameraEvent | None:
+        """The event as it was received."""
+        row = self.db.execute("SELECT event FROM events WHERE event_id = ?", (event_id,)).fetchone()
+        return CameraEvent.model_validate_json(row[0]) if row else None
+
     def record(self, event_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT record FROM events WHERE event_id = ?", (event_id,)).fetchone()
         return orjson.loads(row[0]) if row and row[0] else None
