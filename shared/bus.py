@@ -35,7 +35,7 @@ import aiomqtt
 import orjson
 from pydantic import BaseModel
 
-from shared.instance import Slot, host
+from shared.instance import InstanceSlot, host
 from shared.settings import parse_mqtt_url
 from shared.topics import HA_STATUS, status
 
@@ -128,7 +128,7 @@ class Bus:
         self.persistent = persistent
         self.client_id = client_id or f"homelab-{service}"
         # the instance's slot in its state directory names its client (held while the bus runs)
-        self._slot = Slot(state_dir, service) if state_dir is not None and client_id is None else None
+        self._slot = InstanceSlot(state_dir, service) if state_dir is not None and client_id is None else None
         self.on_connect = on_connect
         # Home Assistant says ``online`` on homeassistant/status: re-send discovery (after a short
         # random delay, in its own task, so the service's own messages are never held up)

@@ -18,11 +18,10 @@ from typing import IO
 MAX_SLOTS = 64
 
 
-class Slot:
+class InstanceSlot:
     def __init__(self, state_dir: Path, service: str) -> None:
         self.state_dir = state_dir
         self.service = service
-        self.number: int | None = None
         self._file: IO[str] | None = None
 
     def claim(self) -> int:
@@ -36,7 +35,7 @@ class Slot:
             except BlockingIOError:
                 f.close()
                 continue
-            self._file, self.number = f, n
+            self._file = f
             return n
         raise RuntimeError(f"{MAX_SLOTS} instances of {self.service} already run on {self.state_dir}")
 

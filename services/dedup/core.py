@@ -115,11 +115,6 @@ class Deduper:
         self.db.execute("DELETE FROM seen WHERE at < ?", (now - self.cfg.identity_ttl,))
         self.db.execute("DELETE FROM forwarded WHERE at < ?", (now - self.keep_forwarded,))
 
-    def rows(self) -> dict[str, int]:
-        """How much the store holds (what bounds it: the windows)."""
-        return {t: int(self.db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
-                for t in ("seen", "forwarded", "outbox")}
-
     def _count(self, d: DedupDecision) -> DedupDecision:
         self.counts[d.verdict] += 1
         self.db.execute("INSERT INTO counters (name, value) VALUES (?, 1) "
