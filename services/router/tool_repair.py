@@ -17,7 +17,7 @@ from services.router.policy import Route
 from services.router.request import Ctx
 from services.router.schemas import validator
 from services.router.sse import sse_data
-from services.router.toolparse import Call, Format, ToolStream, parse, schemas_of
+from services.router.toolparse import Call, Format, Schemas, ToolStream, parse, schemas_of
 from services.router.toolparse import ParseError as ToolParseError
 
 
@@ -42,13 +42,9 @@ def request_changes(ctx: Ctx, route: Route) -> dict[str, Any]:
     return changes
 
 
-def _check(ctx: Ctx, acct: Accounting, route: str, calls: list[Call]) -> str | None:
-    """A reason to refuse the calls (an unknown tool), or None; schema mismatches are only noted."""
-    tools = {}
-    for t in ctx.body.get("tools") or ():
-        fn = t.get("function") if isinstance(t, dict) else None
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-            tools[fn["name"]] = fn.get("parameters")
+def _check(ctx: Ctx, acct: Accounting, route: str, calls: list[Call], tools: Schemas) -> str | None:
+    """A reason to refuse the calls (a tool the request did not offer), or None; schema mismatches are
+    only noted. ``tools``: the request's tools by name (``schemas_of``)."""
     for call in calls:
         if call.name not in tools:
             return f"unknown tool '{call.name}'"
@@ -84,13 +80,14 @@ def fix_answer(ctx: Ctx, acct: Accounting, name: str, fmt: Format, raw: bytes) -
     if not isinstance(text, str) or message.get("tool_calls"):
         return raw
     try:
-        before, calls = parse(fmt, text, schemas_of(ctx.body.get("tools")))
+        tools = schemas_of(ctx.body.get("tools"))
+        before, calls = parse(fmt, text, tools)
     except ToolParseError as exc:
         _failed(ctx, acct, name, fmt, str(exc))
         return raw
     if not calls:
         return raw
-    refused = _check(ctx, acct, name, calls)
+    refused = _check(ctx, acct, name, calls, tools)
     if refused is not None:
         _failed(ctx, acct, name, fmt, refused)
         return raw
@@ -112,7 +109,8 @@ class StreamRepair:
 
     def __init__(self, ctx: Ctx, acct: Accounting, route: str, fmt: Format) -> None:
         self.ctx, self.acct, self.route, self.fmt = ctx, acct, route, fmt
-        self.stream = ToolStream(fmt, schemas_of(ctx.body.get("tools")))
+        self.tools = schemas_of(ctx.body.get("tools"))
+        self.stream = ToolStream(fmt, self.tools)
         self.template: dict[str, Any] = {}
         self.tail: list[dict[str, Any]] = []  # the finishing chunk and what follows it
         self.given = 0  # calls given out so far (their stream indices)
@@ -143,7 +141,7 @@ class StreamRepair:
     def _calls(self, calls: list[Call]) -> list[bytes]:
         out: list[bytes] = []
         for call in calls:
-            refused = _check(self.ctx, self.acct, self.route, [call])
+            refused = _check(self.ctx, self.acct, self.route, [call], self.tools)
             if refused is not None:  # from here on, the answer as the engine wrote it
                 _failed(self.ctx, self.acct, self.route, self.fmt, refused)
                 self.noted = True
