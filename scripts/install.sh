@@ -16,6 +16,8 @@ if [ "$MODE" = dev ]; then
   # real parts only the tests start: Debian's Netdata agent, and a real browser for the dashboards
   command -v netdata >/dev/null 2>&1 || need="$need netdata"
   [ -x /usr/bin/chromium ] || need="$need chromium"
+  # the shared-state tests start their own redis-server on a free port (and stop it)
+  command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 fi
 if [ -n "$need" ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -9,6 +9,7 @@ line tries again. Files rotate by size: ``name.jsonl`` â†’ ``name.jsonl.1.gz`` â
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import logging
 import os
@@ -64,11 +65,17 @@ class JsonlWriter:
 
     ``keep_open``: hold the descriptor for a hot log (the router's decisions); a rare log
     (malformed payloads, written by several processes) opens it per line.
+
+    ``shared`` (``HOMELAB_LOG_SHARED=1``, set for the router's workers): several processes keep the
+    same log open. Each line is still one ``write(2)`` on O_APPEND (lines never interleave); one of
+    them rotates, under a lock, and the others follow the new file at their next line.
     """
 
     def __init__(self, path: Path, *, keep_open: bool = True, max_bytes: int | None = None,
-                 backups: int | None = None) -> None:
+                 backups: int | None = None, shared: bool | None = None) -> None:
         env_max, env_backups = rotation_from_env()
+        self.shared = os.environ.get("HOMELAB_LOG_SHARED") == "1" if shared is None else shared
+        self._ino = 0
         self.path = path
         self.keep_open = keep_open
         self.max_bytes = env_max if max_bytes is None else max_bytes  # 0: never rotate
@@ -109,10 +116,18 @@ class JsonlWriter:
     def _open(self) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        self._size, self._ino = st.st_size, st.st_ino
         return fd
 
     def _append(self, line: bytes) -> None:
+        if self.shared and self._fd is not None:
+            try:
+                moved = os.stat(self.path).st_ino != self._ino  # another process rotated it
+            except FileNotFoundError:
+                moved = True
+            if moved:
+                self._close_fd()
         fd = self._fd if self._fd is not None else self._open()
         try:
             written = os.write(fd, line)
@@ -148,6 +163,24 @@ class JsonlWriter:
     def _rotate(self) -> None:
         """Move the full file aside (a rename: no line is split or lost) and gzip it in the background."""
         self._close_fd()
+        if not self.shared:
+            self._rotate_now()
+            return
+        # several writers: one rotates, under a lock, and only if nobody did since this one's last line
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                rotating = _rotating(self.path)
+                # another writer's compression in progress (a leftover of a crash is older): later
+                busy = rotating.exists() and time.time() - rotating.stat().st_mtime < 60
+                if os.stat(self.path).st_size >= self.max_bytes and not busy:
+                    self._rotate_now()
+            except FileNotFoundError:
+                pass
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _rotate_now(self) -> None:
         if self._compressor is not None:
             self._compressor.join()  # the previous one (50 MB ago) is long done; rare wait
         rotating = _rotating(self.path)
@@ -156,7 +189,9 @@ class JsonlWriter:
         os.replace(self.path, rotating)
         self._size = 0
         self.rotations += 1
-        self._compressor = threading.Thread(target=_compress, args=(rotating, self.path, self.backups),
+        # a shared log's other writers may append one last line to the old file: compress a moment later
+        delay = 1.0 if self.shared else 0.0
+        self._compressor = threading.Thread(target=_compress, args=(rotating, self.path, self.backups, delay),
                                             name=f"gzip-{self.path.name}", daemon=True)
         self._compressor.start()
 
@@ -171,7 +206,9 @@ class JsonlWriter:
         self.flush_rotation()
 
 
-def _compress(rotating: Path, path: Path, backups: int) -> None:
+def _compress(rotating: Path, path: Path, backups: int, delay: float = 0.0) -> None:
+    if delay:
+        time.sleep(delay)
     try:
         oldest = _backup(path, backups)
         if backups <= 0:

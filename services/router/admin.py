@@ -37,7 +37,7 @@ def admin_api(svc: RouterService) -> APIRouter:
 
     @api.get("/upstreams")
     async def upstreams() -> Response:
-        return _json(svc.upstreams())
+        return _json(svc.upstreams(await svc.lab.in_flight() if svc.lab is not None else None))
 
     @api.get("/policy")
     async def policy() -> Response:
@@ -49,15 +49,14 @@ def admin_api(svc: RouterService) -> APIRouter:
 
     @api.post("/drain/{route}")
     async def drain(route: str) -> Response:
-        route_state(route).drained = True
+        route_state(route).mark(drained=True)
         svc.recoveries.write({"route": route, "action": "drain"})
         return _json({"route": route, "drained": True})
 
     @api.post("/undrain/{route}")
     async def undrain(route: str) -> Response:
         st = route_state(route)
-        st.drained = False
-        st.poisoned = False  # the operator vouches for the route again
+        st.mark(drained=False, poisoned=False)  # the operator vouches for the route again
         svc.recoveries.write({"route": route, "action": "undrain"})
         return _json({"route": route, "drained": False})
 
@@ -71,6 +70,7 @@ def admin_api(svc: RouterService) -> APIRouter:
                 from exc
         svc.recoveries.write({"action": "reload", "ok": True})
         svc.after_policy_change()
+        await svc.share_policy()
         return _json({"reloaded": True, "routes": list(decider.policy.routes),
                       "buckets": list(decider.policy.buckets)})
 
@@ -111,6 +111,7 @@ def admin_api(svc: RouterService) -> APIRouter:
                                status=409, code="invalid_policy") from exc
         svc.recoveries.write({"action": "shadow_promote", "ok": True, "report": shadow.report()})
         svc.after_policy_change()
+        await svc.share_policy()
         return _json({"promoted": True, "routes": list(decider.policy.routes)})
 
     @api.post("/recover-cuda")
@@ -132,8 +133,16 @@ def admin_api(svc: RouterService) -> APIRouter:
         lock = svc.recovery.lock(name)
         if lock.locked():
             raise RequestError(f"A recovery of '{name}' is already running", status=409, code="in_progress")
-        async with lock:
-            record = await svc.recovery.recover(name)
+        lab = svc.lab
+        if lab is not None and not await lab.recovery_lock(name, route.recover_timeout):
+            raise RequestError(f"A recovery of '{name}' is already running on another replica", status=409,
+                               code="in_progress")
+        try:
+            async with lock:
+                record = await svc.recovery.recover(name)
+        finally:
+            if lab is not None:
+                await lab.recovery_done(name)
         return _json(record, 200 if record["ok"] else 500)
 
     return api

@@ -20,7 +20,6 @@ import aiohttp
 import orjson
 import yaml
 from fastapi import FastAPI, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.responses import Response
 
@@ -261,7 +260,7 @@ class PublicAPI:
         record: dict[str, Any] = {"request_id": rec.request_id, "endpoint": "/v1/embeddings", "model": body["model"],
                                   "route": name, "reason": "embeddings_route", "client": who.name}
         # the same admission as a chat request: the cap, drain, circuit, reserved slots, the client's routes
-        slot = take(name, route, st, cooldown=policy.health.circuit_cooldown, who=who)
+        slot = await take(name, route, st, cooldown=policy.health.circuit_cooldown, who=who)
         if not isinstance(slot, Slot):
             if slot == "not_allowed":
                 raise RequestError(f"Client '{who.name}' may not use route '{name}', the lab's embeddings route",
@@ -337,7 +336,8 @@ class PublicAPI:
         return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
 
     async def metrics(self) -> Response:
-        return Response(generate_latest(self.svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body, media_type = self.svc.metrics.exposition()
+        return Response(body, media_type=media_type)
 
     async def openapi(self) -> Response:
         return Response(orjson.dumps(openapi_document()), media_type=JSON)

@@ -19,9 +19,8 @@ from services.router.api import PublicAPI, mount
 from services.router.decide import Decider
 from services.router.errors import RequestError, error_body
 from services.router.http import error
-from services.router.policy import load_policy
 from services.router.request import JSON
-from services.router.service import RouterService, RouterSettings, compile_policy
+from services.router.service import RouterService, RouterSettings, compile_policy, policy_from_file
 
 log = logging.getLogger("homelab.router.app")
 
@@ -77,7 +76,7 @@ class RouterApp(FastAPI):
 
 
 def create_app(settings: RouterSettings, decider: Decider | None = None) -> FastAPI:
-    svc = RouterService(settings, decider or compile_policy(load_policy(settings.policy_path)))
+    svc = RouterService(settings, decider or policy_from_file(settings.policy_path))
     api = PublicAPI(svc)
 
     @contextlib.asynccontextmanager

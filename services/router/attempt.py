@@ -115,7 +115,7 @@ class Attempts:
             if wait is None:
                 return outcome
             await asyncio.sleep(wait)
-            again = take(name, route, st, pinned=ctx.pinned(name), has_image=ctx.pre.has_image,
+            again = await take(name, route, st, pinned=ctx.pinned(name), has_image=ctx.pre.has_image,
                          cooldown=health.circuit_cooldown, who=ctx.who)
             if isinstance(again, Slot):
                 slot = again

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from services.router.app import RouterSettings, compile_policy, create_app
 from services.router.decide import AUTO
 from services.router.errors import PolicyError, RequestError
 from services.router.policy import load_policy
+from services.router.service import policy_from_file
 from shared.jsonl import check_writable
 from shared.logs import FORMATS, setup_logging
 
@@ -66,12 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-format", choices=FORMATS, default=None,
                     help="text (default) or json: one JSON object a line (also HOMELAB_LOG_FORMAT)")
     ap.add_argument("--access-log", action="store_true", help="one line per HTTP request on stderr (uvicorn's)")
+    ap.add_argument("--workers", type=int, default=None, metavar="N",
+                    help="N worker processes on one port, sharing the lab's books through the policy's "
+                         "shared_state (Redis); SIGHUP replaces them one at a time, dropping no request")
     a = ap.parse_args(argv)
     setup_logging(a.log_level, a.log_format)
     try:
         settings = RouterSettings.from_env(a.policy)
         settings.host = a.host
         check_writable(settings.log_dir)
+        if a.workers is not None:
+            return _workers(a, settings)
         app = create_app(settings)
     except PolicyError as exc:
         print(f"homelab-router: invalid policy: {exc}", file=sys.stderr)
@@ -88,6 +97,51 @@ def main(argv: list[str] | None = None) -> int:
     uvicorn.run(app, host=a.host, port=a.port, loop="uvloop", http="httptools", access_log=a.access_log,
                 log_level="warning", timeout_keep_alive=75, log_config=None)
     return 0
+
+
+def _workers(a: argparse.Namespace, settings: RouterSettings) -> int:
+    """``--workers N``: uvicorn's supervisor holds the one listening socket and runs N workers on it (a
+    SIGHUP brings each replacement into service before the old one stops taking requests; the old one
+    finishes its streams). The workers share the lab's books through Redis, or they may not run."""
+    if a.workers < 1:
+        print("homelab-router: --workers needs at least 1", file=sys.stderr)
+        return 2
+    policy = policy_from_file(settings.policy_path).policy  # checked here, once, with a clear error
+    if not (settings.redis_url or policy.shared_state.redis_url):
+        print("homelab-router: --workers needs shared state, so that the workers share caps, circuits, drains "
+              "and the policy: set shared_state: {redis_url: redis://127.0.0.1:6379/0} in the policy "
+              f"({settings.policy_path}) or HOMELAB_REDIS_URL", file=sys.stderr)
+        return 2
+    metrics_dir = tempfile.mkdtemp(prefix="homelab-router-metrics-")
+    os.environ.update({
+        WORKER_POLICY: str(settings.policy_path.resolve()), WORKER_HOST: a.host,
+        WORKER_LOG: f"{a.log_level} {a.log_format or ''}".strip(),
+        # Prometheus's multiprocess mode: /metrics on any worker counts every worker's requests
+        "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+        # several processes append to the same JSONL logs: whole lines, one rotation
+        "HOMELAB_LOG_SHARED": "1",
+    })
+    if a.access_log:
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+    try:
+        uvicorn.run("services.router.cli:worker_app", factory=True, workers=a.workers, host=a.host, port=a.port,
+                    loop="uvloop", http="httptools", access_log=a.access_log, log_level="warning",
+                    timeout_keep_alive=75, log_config=None, timeout_worker_healthcheck=30)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+WORKER_POLICY, WORKER_HOST, WORKER_LOG = "HOMELAB_ROUTER_POLICY", "HOMELAB_ROUTER_HOST", "HOMELAB_ROUTER_LOG"
+
+
+def worker_app() -> FastAPI:
+    """One worker of ``--workers N`` (uvicorn calls this in each worker process)."""
+    level, _, fmt = os.environ.get(WORKER_LOG, "info").partition(" ")
+    setup_logging(level, fmt or None)
+    settings = RouterSettings.from_env(Path(os.environ[WORKER_POLICY]))
+    settings.host = os.environ.get(WORKER_HOST, settings.host)
+    return create_app(settings)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ class Continuation:
         st = self._states().get(target)
         if st is None:
             return
-        got = take(target, troute, st, has_image=ctx.pre.has_image, cooldown=policy.health.circuit_cooldown,
+        got = await take(target, troute, st, has_image=ctx.pre.has_image, cooldown=policy.health.circuit_cooldown,
                    who=ctx.who)
         if not isinstance(got, Slot):
             ctx.events.append(f"continuation_refused:{target}:{got}")

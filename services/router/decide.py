@@ -28,6 +28,7 @@ class Decider:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        self.text: str | None = None  # the policy's YAML, when it was compiled from text (shared with replicas)
         self.classifier = Classifier(policy)
         self.aliases = policy.alias_map()
         self.globs = policy.alias_globs()

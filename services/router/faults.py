@@ -36,7 +36,7 @@ class FailurePath:
             self.acct.upstream_failed(ctx, name, outcome, kind=where)
 
     async def _poison(self, ctx: Ctx, name: str, st: RouteState, outcome: Outcome) -> None:
-        st.poisoned = True
+        st.mark(poisoned=True)
         st.last_error = outcome.detail
         st.last_error_at = time.time()
         self.acct.fault(ctx, name, "cuda_poisoned", outcome.cause, outcome.detail)

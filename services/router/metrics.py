@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from services.router.state import RouteState
 from shared.jsonl import JsonlWriter
+
+if TYPE_CHECKING:
+    from services.router.lab import LabState
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -56,9 +60,29 @@ class _LogCollector(Collector):
         yield from (errors, rotations)
 
 
+class _LabCollector(Collector):
+    """This replica's link to the lab's shared books (when replicas share state)."""
+
+    def __init__(self, source: Callable[[], LabState | None]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        lab = self._source()
+        if lab is None:
+            return
+        ok = GaugeMetricFamily("homelab_router_shared_state", "1 while the lab's shared books (Redis) answer; 0: "
+                               "this replica serves alone with its share of each cap", labels=["replica"])
+        ok.add_metric([lab.id], float(lab.ok))
+        replicas = GaugeMetricFamily("homelab_router_replicas", "Router replicas and workers sharing the lab's "
+                                     "books, as last seen", labels=["replica"])
+        replicas.add_metric([lab.id], lab.replicas)
+        yield from (ok, replicas)
+
+
 class Metrics:
     def __init__(self, routes: Callable[[], Iterable[tuple[RouteState, int]]],
-                 logs: Callable[[], Iterable[JsonlWriter]] = tuple) -> None:
+                 logs: Callable[[], Iterable[JsonlWriter]] = tuple,
+                 lab: Callable[[], LabState | None] = lambda: None) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("homelab_router_requests", "Requests answered",
                                 ["route", "bucket", "reason", "status"], registry=r)
@@ -96,8 +120,20 @@ class Metrics:
                                      "route's watts)", ["client", "route"], registry=self.registry)
         self.shadow = Counter("homelab_router_shadow_decisions", "Live requests also decided by the shadow policy",
                               ["live_route", "candidate_route"], registry=r)
-        r.register(_RouteCollector(routes))
-        r.register(_LogCollector(logs))
+        self._live: tuple[Collector, ...] = (_RouteCollector(routes), _LogCollector(logs), _LabCollector(lab))
+        for collector in self._live:
+            r.register(collector)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """``/metrics``. Under ``--workers`` (Prometheus's multiprocess mode) the counters are every
+        worker's, summed; the gauges read at scrape time are this worker's view."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        for collector in self._live:
+            registry.register(collector)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
     def snapshot(self) -> dict[str, Any]:
         """The counters as plain JSON for /stats."""

@@ -188,6 +188,15 @@ class Health(_Strict):
         return self
 
 
+class SharedState(_Strict):
+    """Router replicas and workers that share the lab's books (slots, drains, circuits, policy)."""
+
+    # e.g. redis://127.0.0.1:6379/0 (HOMELAB_REDIS_URL sets or overrides it); none: the router runs alone
+    redis_url: str | None = Field(default=None, pattern=r"^(redis|rediss|unix)://")
+    # a slot held by a replica that died is given back after this long
+    lease_seconds: float = Field(default=15.0, ge=2, le=600)
+
+
 class Policy(_Strict):
     version: Literal[1]
     routes: dict[str, Route]
@@ -204,6 +213,7 @@ class Policy(_Strict):
     # the fewest output tokens worth sending a request for: a route whose context leaves less after the
     # prompt (a clamped max_tokens, a continuation) is skipped for a larger one, or the client gets a 400
     min_output_tokens: PositiveInt = 256
+    shared_state: SharedState = SharedState()
 
     @model_validator(mode="after")
     def _references(self) -> Policy:

@@ -99,9 +99,14 @@ class Prober:
 
     # ---- health -------------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, active: Callable[[], bool] = lambda: True, after: Callable[[], None] | None = None) -> None:
+        """Probe every ``probe_interval`` while ``active()`` (the lab's leader, with shared state);
+        ``after``: each round's results, for the other replicas."""
         while True:
-            await self.probe_once()
+            if active():
+                await self.probe_once()
+                if after is not None:
+                    after()
             await asyncio.sleep(self._policy().health.probe_interval)
 
     async def probe_once(self) -> None:

@@ -49,7 +49,7 @@ class Dispatcher:
             route = policy.routes[route_name]
             st = states[route_name]
             ctx.path.append(route_name)
-            got = take(route_name, route, st, pinned=ctx.pinned(route_name), has_image=has_image,
+            got = await take(route_name, route, st, pinned=ctx.pinned(route_name), has_image=has_image,
                        cooldown=policy.health.circuit_cooldown, who=ctx.who)
             skip = None if isinstance(got, Slot) else got
             if skip == "no_vision":

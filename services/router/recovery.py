@@ -30,7 +30,7 @@ class Recovery:
         route = self._policy().routes[name]
         st = self._states()[name]
         assert route.recover_command
-        st.recovering = True
+        st.mark(recovering=True)
         t0 = time.monotonic()
         returncode: int | None = None
         try:
@@ -49,9 +49,9 @@ class Recovery:
         except OSError as exc:
             ok, text = False, str(exc)
         finally:
-            st.recovering = False
+            st.mark(recovering=False)
         if ok:
-            st.poisoned = False
+            st.mark(poisoned=False)
         record = {"route": name, "action": "recover_cuda", "ok": ok, "returncode": returncode,
                   "seconds": round(time.monotonic() - t0, 3), "output": text}
         self.recoveries.write(record)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -20,9 +21,10 @@ from services.router.accounting import Accounting
 from services.router.clients import open_to_network
 from services.router.decide import Decider, Decision, check_examples
 from services.router.errors import PolicyError
+from services.router.lab import LabState
 from services.router.metrics import Metrics
 from services.router.mqtt_state import RouterMqtt, snapshot_of
-from services.router.policy import Policy, load_policy, parse_policy
+from services.router.policy import Policy, parse_policy
 from services.router.preflight import Preflight
 from services.router.prober import Prober
 from services.router.proxy import Dispatcher
@@ -39,9 +41,26 @@ log = logging.getLogger("homelab.router")
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 
-def compile_candidate(text: str) -> Decider:
-    """A shadow candidate's text parsed, validated and compiled (run off the event loop: it may be big)."""
-    return compile_policy(parse_policy(text, "candidate"))
+def compile_candidate(text: str, source: str = "candidate") -> Decider:
+    """A policy's text parsed, validated and compiled (a shadow candidate's is run off the event loop: it
+    may be big); the decider keeps the text, for the replicas that share it."""
+    decider = compile_policy(parse_policy(text, source))
+    decider.text = text
+    return decider
+
+
+def policy_from_file(path: Path) -> Decider:
+    """The policy file, compiled (PolicyError names the key and the problem)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read the policy: {exc.strerror}") from exc
+    return compile_candidate(text, str(path))
+
+
+def version_of(text: str) -> str:
+    """A policy text's version: the replicas that share state compare these."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def compile_policy(policy: Policy) -> Decider:
@@ -61,6 +80,7 @@ class RouterSettings:
     max_body: int = DEFAULT_MAX_BODY
     probes: bool = True
     mqtt_url: str | None = None  # publish route health and load (HA discovery) when set
+    redis_url: str | None = None  # HOMELAB_REDIS_URL: share the lab's books with other replicas (over the policy's)
     host: str = "127.0.0.1"  # where it listens: anyone who reaches a non-loopback address may use an open lab
 
     @classmethod
@@ -72,6 +92,7 @@ class RouterSettings:
             log_dir=log_dir(),
             max_body=int(os.environ.get("HOMELAB_MAX_BODY_BYTES", DEFAULT_MAX_BODY)),
             mqtt_url=os.environ.get("HOMELAB_MQTT_URL") or None,
+            redis_url=os.environ.get("HOMELAB_REDIS_URL") or None,
         )
 
 
@@ -88,7 +109,7 @@ class RouterService:
         self.recoveries = JsonlWriter(d / "recovery-events.jsonl")
         self.validations = JsonlWriter(d / "structured-validation.jsonl")
         self.writers = (self.decisions, self.failures, self.recoveries, self.validations)
-        self.metrics = Metrics(self._route_rows, lambda: self.writers)
+        self.metrics = Metrics(self._route_rows, lambda: self.writers, lambda: self.lab)
         self.acct = Accounting(self.metrics, self.decisions, self.failures, self.validations)
         self.shadow: Shadow | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -98,6 +119,16 @@ class RouterService:
         self.upstream: Upstream | None = None
         self.prober = Prober(lambda: self.policy, lambda: self.states, lambda: self.upstream, self.recoveries)
         self.started = time.time()
+        self.policy_problem: str | None = None  # why the lab's policy is not the one in force here
+        shared = decider.policy.shared_state
+        url = settings.redis_url or shared.redis_url
+        self.lab: LabState | None = None
+        if url:
+            self.lab = LabState(url, shared.lease_seconds, lambda: self.states,
+                                lambda: self.policy.health.circuit_cooldown)
+            self.lab.on_policy = self._lab_policy
+            for st in self.states.values():
+                st.lab = self.lab
 
     @property
     def policy(self) -> Policy:
@@ -127,10 +158,17 @@ class RouterService:
             self.session = session
             self.upstream = Upstream(session)  # the one wire: the request path and the prober's checks
             self.dispatcher = Dispatcher(self.upstream, lambda: self.states, self.acct, self._on_poisoned)
+            lab = self.lab
             async with asyncio.TaskGroup() as tg:
                 background = []
+                if lab is not None:
+                    await self._join_lab(lab)
+                    background.append(tg.create_task(lab.run(), name="router-shared-state"))
                 if self.settings.probes:
-                    background.append(tg.create_task(self.prober.run(), name="router-health-probes"))
+                    # with shared state, the lab's one prober is its leader's (alone again, each probes)
+                    background.append(tg.create_task(self.prober.run(
+                        active=lambda: lab is None or lab.leader or not lab.ok,
+                        after=None if lab is None else lambda: lab.probed(self.states)), name="router-health-probes"))
                 if self.settings.mqtt_url:
                     mqtt = RouterMqtt(self.settings.mqtt_url, snapshot_of(
                         lambda: self.states,
@@ -145,6 +183,8 @@ class RouterService:
                 finally:
                     for task in background:
                         task.cancel()
+            if lab is not None:
+                await lab.close()
         for w in self.writers:
             w.close()
 
@@ -168,12 +208,58 @@ class RouterService:
 
     def reload(self) -> Decider:
         """Re-read the policy file; on any error raise PolicyError and keep serving the old policy."""
-        return self.install(compile_policy(load_policy(self.settings.policy_path)))
+        return self.install(self._from_file())
+
+    def _from_file(self) -> Decider:
+        return policy_from_file(self.settings.policy_path)
+
+    # ---- the lab's policy (replicas that share state) --------------------------------------------
+
+    @property
+    def policy_version(self) -> str | None:
+        text = self.decider.text
+        return None if text is None else version_of(text)
+
+    async def share_policy(self) -> None:
+        """A reload or promotion here is the lab's policy: every replica has it within a sync or two."""
+        text = self.decider.text
+        if self.lab is not None and text is not None:
+            self.policy_problem = None
+            await self.lab.publish_policy(version_of(text), text)
+
+    async def _join_lab(self, lab: LabState) -> None:
+        """At start: take the lab's policy if it has one (else this one's becomes it), and its state."""
+        text = self.decider.text
+        if text is None:  # built from a Policy object (tests): nothing to share
+            text = ""
+        joined = await lab.join_policy(version_of(text), text)
+        if joined is not None and joined[0] != version_of(text):
+            self._lab_policy(*joined)
+        await lab._rejoin()
+
+    def _lab_policy(self, version: str, text: str) -> None:
+        """Another replica reloaded or promoted: its policy is in force here too — unless it changes what
+        only this replica's own file may (commands, addresses, keys, who may use the lab)."""
+        if version == self.policy_version:
+            self.policy_problem = None
+            return
+        try:
+            candidate = compile_candidate(text, "the lab's shared policy")
+            refuse_changes(self._from_file().policy, candidate.policy)
+        except PolicyError as exc:
+            self.policy_problem = (f"the lab's policy {version} is not in force here (this replica keeps its own "
+                                   f"{self.policy_version}): {exc}")
+            log.error("shared state: %s", self.policy_problem)
+            return
+        self.install(candidate)
+        self.policy_problem = None
+        self.after_policy_change()
+        log.info("shared state: the lab's policy %s is in force (reloaded or promoted by another replica)", version)
 
     def install(self, decider: Decider) -> Decider:
         """Make a compiled policy the live one (reload, shadow promotion)."""
         for name in decider.policy.routes:
-            self.states.setdefault(name, RouteState(name))
+            self.states.setdefault(name, RouteState(name, lab=self.lab))
         for name in list(self.states):
             if name not in decider.policy.routes:
                 del self.states[name]
@@ -239,12 +325,44 @@ class RouterService:
             "metrics": metrics,
         }
 
-    def upstreams(self) -> dict[str, Any]:
+    def upstreams(self, lab_in_flight: dict[str, int] | None = None) -> dict[str, Any]:
+        """``/admin/upstreams``: each route's state; with shared state, ``in_flight`` is the lab's
+        (``lab_in_flight``, read from its books) and the link to the lab is reported."""
         policy = self.policy
         cooldown = policy.health.circuit_cooldown
         out = {}
         for name, st in self.states.items():
             r = policy.routes[name]
-            out[name] = {**st.snapshot(r.max_concurrency, r.continuation, cooldown), "model": r.model,
-                         "base_url": r.base_url, "terminal": r.terminal, "vision": r.vision}
-        return {"routes": out}
+            row = {**st.snapshot(r.max_concurrency, r.continuation, cooldown), "model": r.model,
+                   "base_url": r.base_url, "terminal": r.terminal, "vision": r.vision}
+            if lab_in_flight and name in lab_in_flight:
+                row["in_flight_here"] = row["in_flight"]
+                row["in_flight"] = lab_in_flight[name]
+                row["saturated"] = row["in_flight"] >= r.max_concurrency
+            out[name] = row
+        doc: dict[str, Any] = {"routes": out}
+        lab = self.lab
+        if lab is not None:
+            doc["shared_state"] = lab.status
+            doc["replicas"] = lab.replicas
+            doc["replica"] = lab.id
+            doc["prober"] = lab.leader or not lab.ok
+            doc["policy"] = self.policy_report()
+        return doc
+
+    def policy_report(self) -> dict[str, Any]:
+        """Which policy is in force here, the lab's, and whether this replica's own file differs."""
+        lab = self.lab
+        in_force = self.policy_version
+        try:
+            file_version: str | None = version_of(self.settings.policy_path.read_text(encoding="utf-8"))
+        except OSError:
+            file_version = None
+        report: dict[str, Any] = {"version": in_force, "lab": lab.shared_policy if lab else None,
+                                  "file": file_version, "file_differs": file_version != in_force}
+        if self.policy_problem:
+            report["problem"] = self.policy_problem
+        elif report["file_differs"]:
+            report["problem"] = ("this replica's policy file differs from the policy in force (a reload here makes "
+                                 "the file the lab's policy)")
+        return report

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from services.router.redact import short
+
+if TYPE_CHECKING:
+    from services.router.lab import LabState
 
 Circuit = Literal["closed", "open", "half_open"]
 
@@ -64,6 +67,9 @@ class RouteState:
     # the capability checks (continuation, tools): each once per policy, with a bounded retry
     checks: dict[str, Check] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # the lab's shared books when replicas share state (policy shared_state:): every change below is
+    # written there too, and the lab's view is read back into these fields
+    lab: LabState | None = None
 
     def available(self, cooldown: float) -> bool:
         """Can this route take a request now? An open circuit half-opens after its cooldown."""
@@ -78,9 +84,13 @@ class RouteState:
             return not self.trial  # one trial request at a time
         return self.healthy
 
-    def take(self) -> bool:
-        """Take a slot for an attempt; True when it is the half-open circuit's trial."""
+    def take(self, trial: bool | None = None) -> bool:
+        """Take a slot for an attempt; True when it is the half-open circuit's trial (``trial``: the lab's
+        books decided that already)."""
         self.in_flight += 1
+        if trial is not None:
+            self.trial = self.trial or trial
+            return trial
         if self.circuit == "half_open" and not self.trial:
             self.trial = True
             return True
@@ -100,6 +110,8 @@ class RouteState:
         return f"its engine fails its health probe ({short(self.last_error or 'no answer')})"
 
     def record_success(self) -> None:
+        if self.lab is not None and (self.failures or self.circuit != "closed"):
+            self.lab.write(self, failures=0, circuit="closed")
         self.failures = 0
         self.circuit = "closed"
         self.healthy = True
@@ -112,6 +124,15 @@ class RouteState:
         if self.circuit == "half_open" or self.failures >= threshold:
             self.circuit = "open"
             self.opened_at = time.monotonic()
+        if self.lab is not None:
+            self.lab.failed(self, error, threshold)  # counted lab-wide; the lab's circuit comes back
+
+    def mark(self, **flags: bool) -> None:
+        """Drain, poison or recovery flags (``drained``, ``poisoned``, ``recovering``), for the whole lab."""
+        for key, value in flags.items():
+            setattr(self, key, value)
+        if self.lab is not None:
+            self.lab.write(self, **flags)
 
     def probe_result(self, ok: bool, error: str | None = None) -> None:
         """A health probe's answer. A good one never closes a circuit: the circuit follows the traffic

@@ -18,13 +18,14 @@ Cause = Literal["drained", "down", "saturated", "reserved", "not_allowed"]
 
 
 def admission(name: str, route: Route, st: RouteState, *, pinned: bool = False, has_image: bool = False,
-              cooldown: float, who: Who = OPEN) -> Skip | None:
+              cooldown: float, who: Who = OPEN, cap: int | None = None) -> Skip | None:
     """Why ``route`` cannot take this request now, or None when it can.
 
     A pinned route (``pinned``: the client named this very route) passes its own drain; an open
     circuit half-opens after ``cooldown`` and then admits one trial request at a time; slots a route
     reserves for other client classes are not this request's to take (``reserved``: it spills as at
-    the cap).
+    the cap). ``cap``: the slots this replica may count on its own (its share of the route's cap while
+    it cannot see the lab's books); 0: the count is the lab's books' to check, not this one's.
     """
     if has_image and not route.vision:
         return "no_vision"
@@ -34,11 +35,19 @@ def admission(name: str, route: Route, st: RouteState, *, pinned: bool = False, 
         return "drained"
     if not st.available(cooldown):
         return "down"
-    if st.in_flight >= route.max_concurrency:
+    if cap == 0:
+        return None
+    cap = route.max_concurrency if cap is None else cap
+    if st.in_flight >= cap:
         return "saturated"
-    if st.in_flight >= route.max_concurrency - sum(n for k, n in route.reserve.items() if k != who.klass):
+    if st.in_flight >= cap - reserved_for_others(route, who):
         return "reserved"
     return None
+
+
+def reserved_for_others(route: Route, who: Who) -> int:
+    """The slots of ``route`` kept for client classes other than ``who``'s."""
+    return sum(n for k, n in route.reserve.items() if k != who.klass)
 
 
 def next_route(route: Route, has_image: bool, cause: Cause) -> str | None:
