@@ -380,6 +380,9 @@ class LabState:
                 await self.sync()
             except (RedisError, OSError) as exc:
                 self._lost_link(exc)
+            except Exception as exc:  # a bug here must never stop the replica serving: alone, it goes on
+                log.exception("shared state: unexpected error")
+                self._lost_link(exc)
             await asyncio.sleep(SYNC_EVERY)
 
     async def _rejoin(self) -> None:
@@ -405,10 +408,12 @@ class LabState:
         except (RedisError, OSError) as exc:
             self.problem = f"{type(exc).__name__}: {exc}"[:200]
             return
-        if not self.ok:
+        if not self.ok and self.problem != "not connected yet":
             self.changes += 1
             log.warning("shared state: Redis at %s is back; %d replicas share the lab's books", self._where(),
                         self.replicas)
+        elif not self.ok:
+            log.info("shared state: joined the lab's books at %s (%d replicas)", self._where(), self.replicas)
         self.ok = True
         self.problem = None
         with contextlib.suppress(RedisError, OSError):

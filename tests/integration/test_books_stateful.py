@@ -6,25 +6,32 @@ reloads and probes, and after every step checks what a user (or the GPU) would n
 - when nothing is in flight, every route's ``in_flight`` is back to 0;
 - every request has exactly one decision-log line (found by the client's own ``X-Request-Id``);
 - a circuit is closed only below the failure threshold.
+
+``TestSharedBooks`` runs the same machine with the books in a real Redis (``shared_state:``): the
+lab's slots are the one admission's store, so every invariant holds there too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from shared.jsonl import read_jsonl
 from tests.harness import ADMIN_TOKEN, BackgroundLoop, Lab
+from tests.integration.replicas import RedisServer
 
 ROUTES = ("ubuntu-4090", "ubuntu-6000", "win-5090", "spark")
 MODELS = {"homelab/auto": "Refactor this function", "homelab/code": "hi", "homelab/vision": "hi",
@@ -39,7 +46,7 @@ class Books(RuleBasedStateMachine):
         super().__init__()
         self.tmp = TemporaryDirectory()
         self.bg = BackgroundLoop()
-        self.lab = Lab(self.bg, Path(self.tmp.name))
+        self.lab = self._lab(Path(self.tmp.name))
         policy = self.lab.policy
         policy["health"].update(failure_threshold=THRESHOLD, circuit_cooldown=0.3, probe_interval=60,
                                 retry_backoff_min=0.05, retry_backoff_max=0.15)
@@ -57,6 +64,9 @@ class Books(RuleBasedStateMachine):
         self.lock = threading.Lock()
 
     # ---- helpers -------------------------------------------------------------------------------
+
+    def _lab(self, tmp: Path) -> Lab:
+        return Lab(self.bg, tmp)
 
     def _admin(self, method: str, path: str) -> httpx.Response:
         return httpx.request(method, self.lab.url + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
@@ -177,3 +187,34 @@ class Books(RuleBasedStateMachine):
 Books.TestCase.settings = settings(max_examples=10, stateful_step_count=12, deadline=None,
                                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 TestBooks = Books.TestCase
+
+
+REDIS: list[RedisServer] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    REDIS.append(server)
+    yield
+    server.close()
+
+
+class SharedBooks(Books):
+    """The same books kept in Redis: one replica whose slots, circuits and drains live in the lab's store."""
+
+    def _lab(self, tmp: Path) -> Lab:
+        server = REDIS[0]
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:  # each example starts from nothing
+            conn.sendall(b"FLUSHALL\r\n")
+            assert conn.recv(16).startswith(b"+OK")
+        return Lab(self.bg, tmp, policy_overrides={"shared_state": {"redis_url": server.url, "lease_seconds": 3}})
+
+    @invariant()
+    def shared_state_ok(self) -> None:
+        assert self._admin("GET", "/admin/upstreams").json()["shared_state"] == "ok"
+
+
+SharedBooks.TestCase.settings = settings(max_examples=5, stateful_step_count=12, deadline=None,
+                                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+TestSharedBooks = SharedBooks.TestCase

@@ -20,7 +20,8 @@ import yaml
 from openai import OpenAI
 
 from services.sim_upstream import SimConfig, SimUpstream
-from tests.harness import POLICY, ROOT, BackgroundLoop, test_policy
+from tests.harness import POLICY, ROOT, BackgroundLoop
+from tests.harness import test_policy as policy_for
 from tests.integration.replicas import RedisServer, Replica, wait_for, write_policy
 
 CODE = "ubuntu-6000"  # cap 3 in these tests; it spills to win-5090, then spark
@@ -48,7 +49,7 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 def lab_policy(tmp_path: Path, sims: dict[str, SimUpstream], *, cap: int = 3, cooldown: float = 30.0,
                redis_url: str | None = None) -> tuple[Path, dict[str, Any]]:
-    data = test_policy(sims, shared_state={"lease_seconds": 3, **({"redis_url": redis_url} if redis_url else {})})
+    data = policy_for(sims, shared_state={"lease_seconds": 3, **({"redis_url": redis_url} if redis_url else {})})
     data["routes"][CODE]["max_concurrency"] = cap
     data["health"]["circuit_cooldown"] = cooldown
     for route in data["routes"].values():  # slow answers and long streams are the point here
@@ -275,7 +276,7 @@ def _requests_total(metrics: str) -> float:
 
 def test_workers_without_shared_state_refuse_to_start_and_say_why(sims: dict[str, SimUpstream],
                                                                    tmp_path: Path) -> None:
-    data = test_policy(sims)
+    data = policy_for(sims)
     policy = write_policy(tmp_path / "policy.yaml", data)
     proc = subprocess.run([sys.executable, "-m", "services.router.cli", "--policy", str(policy), "--workers", "2",
                            "--port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60,
