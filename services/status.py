@@ -95,6 +95,13 @@ async def collect(settings: Settings, router_url: str, listen: float = LISTEN) -
         async with httpx.AsyncClient(timeout=3) as client:
             stats = (await client.get(base + "/stats", headers=headers)).raise_for_status().json()
         out["router"] = {"url": router_url, "ok": True, "uptime_s": stats.get("uptime_s")}
+        shared = stats.get("shared_state")
+        if shared is not None:  # replicas share the lab's books through Redis
+            out["router"].update(shared_state=shared, replicas=stats.get("replicas"))
+            if shared != "ok":
+                problems.append(f"router: shared state: {shared}")
+            if stats.get("policy_problem"):
+                warnings.append(f"router: {stats['policy_problem']}")
         if stats.get("open_to_network"):
             warnings.append("the router listens beyond this machine with no clients: in its policy: anyone who "
                             "reaches it may use the lab (homelab client add NAME)")
@@ -177,6 +184,9 @@ def render(s: dict[str, Any]) -> str:
         lines.append(f"  {name:<{w_svc}}{row['status']:<16}{when}")
     r = s["router"]
     lines += ["", f"router   {r['url']}  {'ok' if r['ok'] else 'UNREACHABLE: ' + r.get('error', '')}"]
+    if r.get("shared_state") is not None:
+        lines.append(f"  {r.get('replicas')} replicas share the lab's books; shared state: "
+                     f"{'ok' if r['shared_state'] == 'ok' else 'DEGRADED'}")
     if s["routes"]:
         lines.append(f"  {'route':<{w_route}}{'health':<9}{'circuit':<11}{'load':<8}{'drained':<9}{'poisoned':<10}"
                      f"{'continuation':<14}{'tool calls':<12}last error")

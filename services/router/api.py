@@ -344,7 +344,9 @@ class PublicAPI:
 
     async def stats(self, request: Request) -> Response:
         admin = is_admin(request, self.svc.settings.admin_token)
-        return Response(orjson.dumps(self.svc.stats(admin=admin)), media_type=JSON)
+        lab = self.svc.lab
+        counts = await lab.in_flight() if lab is not None else None
+        return Response(orjson.dumps(self.svc.stats(admin=admin, lab_in_flight=counts)), media_type=JSON)
 
 
 def mount(app: FastAPI, api: PublicAPI,

@@ -367,7 +367,7 @@ class LabState:
         last_renew = -renew_every
         while True:
             if not self.ok:
-                await self._rejoin()
+                await self.rejoin()
                 if not self.ok:
                     await asyncio.sleep(RECONNECT_EVERY)
                     continue
@@ -385,7 +385,7 @@ class LabState:
                 self._lost_link(exc)
             await asyncio.sleep(SYNC_EVERY)
 
-    async def _rejoin(self) -> None:
+    async def rejoin(self) -> None:
         try:
             await self.redis.ping()
             await self.renew()  # the leases held (some taken meanwhile) are in the lab's books again

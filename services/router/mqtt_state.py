@@ -85,9 +85,13 @@ POWER_FRESH = 300.0  # seconds: an older reading says nothing about the GPU now
 
 class RouterMqtt:
     def __init__(self, url: str, snapshot: Callable[[], dict[str, dict[str, Any]]], interval: float = 5.0,
-                 clients: Callable[[], dict[str, dict[str, float]]] = dict) -> None:
+                 clients: Callable[[], dict[str, dict[str, float]]] = dict, replica: str | None = None) -> None:
+        # ``replica``: one of several routers sharing the lab's books; each its own MQTT client (one client
+        # id for two would have the broker drop each for the other, over and over)
         self.bus = Bus(url, SERVICE, on_connect=self._announce, on_ha_online=self._announce, outbox_limit=500,
-                       subscribe=[NETDATA_STATES])
+                       subscribe=[NETDATA_STATES],
+                       client_id=None if replica is None else f"homelab-router-{replica.replace(':', '-')}",
+                       persistent=replica is None)
         self.snapshot = snapshot
         self.clients = clients
         self.interval = interval

@@ -173,7 +173,7 @@ class RouterService:
                     mqtt = RouterMqtt(self.settings.mqtt_url, snapshot_of(
                         lambda: self.states,
                         lambda: {n: r.max_concurrency for n, r in self.policy.routes.items()}),
-                        clients=lambda: self.acct.today)
+                        clients=lambda: self.acct.today, replica=None if lab is None else lab.id)
                     self.poison_listeners.append(mqtt.poisoned)
                     self.acct.live_power = lambda route: mqtt.power_of(
                         self.policy.routes[route].power_sensor if route in self.policy.routes else None)
@@ -235,7 +235,7 @@ class RouterService:
         joined = await lab.join_policy(version_of(text), text)
         if joined is not None and joined[0] != version_of(text):
             self._lab_policy(*joined)
-        await lab._rejoin()
+        await lab.rejoin()
 
     def _lab_policy(self, version: str, text: str) -> None:
         """Another replica reloaded or promoted: its policy is in force here too — unless it changes what
@@ -300,14 +300,18 @@ class RouterService:
     def log_stats(self) -> dict[str, Any]:
         return {w.path.name: {"write_errors": w.errors, "rotations": w.rotations} for w in self.writers}
 
-    def stats(self, *, admin: bool) -> dict[str, Any]:
+    def stats(self, *, admin: bool, lab_in_flight: dict[str, int] | None = None) -> dict[str, Any]:
         """``/stats``. Without the admin token: counts only — no client names, no upstream addresses,
-        no shadow request ids or keywords."""
+        no shadow request ids or keywords. With shared state, each route's ``in_flight`` is the lab's."""
         policy = self.policy
         shadow = self.shadow
         cooldown = policy.health.circuit_cooldown
         routes = {n: st.snapshot(policy.routes[n].max_concurrency, policy.routes[n].continuation, cooldown)
                   for n, st in self.states.items()}
+        for n, count in (lab_in_flight or {}).items():
+            if n in routes:
+                routes[n]["in_flight"] = count
+                routes[n]["saturated"] = count >= policy.routes[n].max_concurrency
         clients: dict[str, Any] = {n: {k: round(v, 6) for k, v in c.items()} for n, c in self.acct.clients.items()}
         metrics = self.metrics.snapshot()
         if not admin:
@@ -323,7 +327,17 @@ class RouterService:
             "clients": clients,
             "open_to_network": self.open_to_network,
             "metrics": metrics,
+            **self._shared_state(admin),
         }
+
+    def _shared_state(self, admin: bool) -> dict[str, Any]:
+        """How this replica's link to the lab's shared books is (nothing when it runs alone)."""
+        lab = self.lab
+        if lab is None:
+            return {}
+        status = lab.status if admin else scrub(lab.status)
+        return {"shared_state": status, "replicas": lab.replicas,
+                "policy_problem": self.policy_problem if admin else None}
 
     def upstreams(self, lab_in_flight: dict[str, int] | None = None) -> dict[str, Any]:
         """``/admin/upstreams``: each route's state; with shared state, ``in_flight`` is the lab's

@@ -43,6 +43,7 @@ class SimUpstream:
         self.port = port
         self.active = 0
         self.peak = 0  # the most chat requests it held at once
+        self.probes = 0  # GET /v1/models answered (health probes)
         self.written = 0  # content pieces written by the stream being sent (what the engine has produced)
         self.requests = 0
         self.faults_served = 0
@@ -110,6 +111,7 @@ class SimUpstream:
 
     async def _models(self, request: web.Request) -> web.Response:
         c = self.config
+        self.probes += 1
         if c.fault_probes and c.fault.startswith("http_"):
             return err(int(c.fault[-3:]), "Service unavailable", "server_error")
         data = {"object": "list", "data": [

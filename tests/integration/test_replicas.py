@@ -20,7 +20,7 @@ import yaml
 from openai import OpenAI
 
 from services.sim_upstream import SimConfig, SimUpstream
-from tests.harness import POLICY, ROOT, BackgroundLoop
+from tests.harness import ADMIN_TOKEN, POLICY, ROOT, BackgroundLoop
 from tests.harness import test_policy as policy_for
 from tests.integration.replicas import RedisServer, Replica, wait_for, write_policy
 
@@ -91,6 +91,11 @@ def test_a_cap_of_3_is_3_whichever_replica_took_the_request(sims: dict[str, SimU
         # every slot came back, lab-wide, seen from either replica
         assert wait_for(lambda: in_flight(a) == 0 and in_flight(b) == 0, 5)
         assert a.upstreams()["shared_state"] == "ok"
+        # one prober for the lab: the leader probes, the other reads its results
+        assert [a.upstreams()["prober"], b.upstreams()["prober"]].count(True) == 1
+        before = sims[CODE].probes
+        time.sleep(2.0)  # probe_interval 0.2 s: one prober ~10 probes, two would be ~20
+        assert 5 <= sims[CODE].probes - before <= 13, sims[CODE].probes - before
     finally:
         a.stop()
         b.stop()
@@ -211,6 +216,12 @@ def test_redis_away_and_back_under_load_fails_no_request_and_caps_hold(
         time.sleep(2.5)
         assert sims[CODE].peak <= 4  # 2 + 2: each its share
         assert "redis unreachable" in a.upstreams()["shared_state"]
+        shown = subprocess.run([sys.executable, "-m", "services.cli", "status", "--router", a.url + "/v1"],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                               env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
+                                    "HOMELAB_ADMIN_TOKEN": ADMIN_TOKEN, "HOMELAB_MQTT_URL": "mqtt://127.0.0.1:9"})
+        assert shown.returncode == 1, shown.stdout + shown.stderr
+        assert "! router: shared state: redis unreachable" in shown.stdout and "DEGRADED" in shown.stdout, shown.stdout
         metrics = httpx.get(a.url + "/metrics", timeout=5).text
         assert "homelab_router_shared_state{" in metrics and "} 0.0" in _line(metrics, "homelab_router_shared_state{")
         redis.start()
