@@ -76,6 +76,7 @@ class JsonlWriter:
         env_max, env_backups = rotation_from_env()
         self.shared = os.environ.get("HOMELAB_LOG_SHARED") == "1" if shared is None else shared
         self._ino = 0
+        self._retry_rotation_at = 0.0
         self.path = path
         self.keep_open = keep_open
         self.max_bytes = env_max if max_bytes is None else max_bytes  # 0: never rotate
@@ -167,6 +168,8 @@ class JsonlWriter:
             self._rotate_now()
             return
         # several writers: one rotates, under a lock, and only if nobody did since this one's last line
+        if time.monotonic() < self._retry_rotation_at:
+            return
         with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -175,6 +178,8 @@ class JsonlWriter:
                 busy = rotating.exists() and time.time() - rotating.stat().st_mtime < 60
                 if os.stat(self.path).st_size >= self.max_bytes and not busy:
                     self._rotate_now()
+                elif busy:
+                    self._retry_rotation_at = time.monotonic() + 1.0  # not a lock per line meanwhile
             except FileNotFoundError:
                 pass
             finally:

@@ -184,7 +184,6 @@ class LabState:
         self._policy_pending: tuple[str, str] | None = None  # a policy to publish when Redis is back
         self.on_policy: Callable[[str, str], None] | None = None  # (version, text) of a newer shared policy
         self.shared_policy: str | None = None  # the version the lab has in force
-        self.changes = 0  # times the link went away or came back (tests, metrics)
 
     # ---- keys -----------------------------------------------------------------------------------
 
@@ -212,7 +211,6 @@ class LabState:
 
     def _lost_link(self, exc: BaseException) -> None:
         if self.ok:
-            self.changes += 1
             log.error("shared state: Redis at %s unreachable (%s); serving alone with a share of each cap "
                       "(1/%d)", self._where(), exc, self.replicas)
         self.ok = False
@@ -232,6 +230,7 @@ class LabState:
             verdict, _ = await self._take(keys=[self._slots(route), self._trial(route)],
                                           args=[lease.id, self.lease_ms, cap, limit, int(trial)])
         except (RedisError, OSError) as exc:
+            self._lost.add((route, lease.id))  # the call may have taken it before its answer was lost
             self._lost_link(exc)
             return None
         if verdict == 0:
@@ -409,7 +408,6 @@ class LabState:
             self.problem = f"{type(exc).__name__}: {exc}"[:200]
             return
         if not self.ok and self.problem != "not connected yet":
-            self.changes += 1
             log.warning("shared state: Redis at %s is back; %d replicas share the lab's books", self._where(),
                         self.replicas)
         elif not self.ok:

@@ -341,9 +341,13 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         raise PolicyError(f"{source}: {_format_error(exc)}") from exc
 
 
-def load_policy(path: Path) -> Policy:
+def read_policy(path: Path) -> str:
+    """A policy file's text (PolicyError when it cannot be read)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read the policy: {exc.strerror}") from exc
-    return parse_policy(text, str(path))
+
+
+def load_policy(path: Path) -> Policy:
+    return parse_policy(read_policy(path), str(path))

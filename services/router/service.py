@@ -24,7 +24,7 @@ from services.router.errors import PolicyError
 from services.router.lab import LabState
 from services.router.metrics import Metrics
 from services.router.mqtt_state import RouterMqtt, snapshot_of
-from services.router.policy import Policy, parse_policy
+from services.router.policy import Policy, parse_policy, read_policy
 from services.router.preflight import Preflight
 from services.router.prober import Prober
 from services.router.proxy import Dispatcher
@@ -51,11 +51,7 @@ def compile_candidate(text: str, source: str = "candidate") -> Decider:
 
 def policy_from_file(path: Path) -> Decider:
     """The policy file, compiled (PolicyError names the key and the problem)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read the policy: {exc.strerror}") from exc
-    return compile_candidate(text, str(path))
+    return compile_candidate(read_policy(path), str(path))
 
 
 def version_of(text: str) -> str:

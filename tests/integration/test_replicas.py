@@ -119,6 +119,26 @@ def test_drain_reload_and_a_circuit_on_one_replica_hold_on_both(sims: dict[str, 
         assert b.upstreams()["policy"]["version"] == a.upstreams()["policy"]["version"]
         assert not b.upstreams()["policy"]["file_differs"]
 
+        # a shadow promoted on one is the policy of both
+        data["routes"][CODE]["max_concurrency"] = 1
+        assert b.admin("POST", "/admin/shadow", content=yaml.safe_dump(data, sort_keys=False)).status_code == 200
+        assert b.admin("POST", "/admin/shadow/promote").status_code == 200
+        assert wait_for(lambda: a.upstreams()["routes"][CODE]["max_concurrency"] == 1, 2)
+        # the promoted policy is no replica's file: each says its file differs from what is in force
+        report = a.upstreams()["policy"]
+        assert report["file_differs"] and "differs" in report["problem"], report
+        assert report["version"] == report["lab"] == b.upstreams()["policy"]["version"]
+
+        # a replica that joins with another file takes the lab's policy, and says its file differs
+        other = dict(data, routes={**data["routes"], CODE: {**data["routes"][CODE], "max_concurrency": 3}})
+        c = Replica(tmp_path, write_policy(tmp_path / "other.yaml", other), redis_url=redis.url, name="c")
+        try:
+            c.wait_ready()
+            assert c.upstreams()["routes"][CODE]["max_concurrency"] == 1
+            assert c.upstreams()["policy"]["file_differs"]
+        finally:
+            c.stop()
+
         # failures seen through one replica open the circuit for both
         sims["spark"].configure(fault="http_500")
         for _ in range(2):  # each: a 500, one retry, another 500 (spark is terminal: a 503 to the client)
@@ -127,6 +147,30 @@ def test_drain_reload_and_a_circuit_on_one_replica_hold_on_both(sims: dict[str, 
         before = sims["spark"].requests
         status, _ = ask(b.url, "homelab/reasoning")
         assert status == 503 and sims["spark"].requests == before  # b did not pay for the outage again
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_half_open_circuit_lets_one_trial_through_for_the_whole_lab(sims: dict[str, SimUpstream],
+                                                                      redis: RedisServer, tmp_path: Path) -> None:
+    policy, _ = lab_policy(tmp_path, sims, cooldown=1.0)
+    a, b = two(tmp_path, policy, redis)
+    try:
+        sims["spark"].configure(fault="http_500")
+        for _ in range(2):
+            assert ask(a.url, "homelab/reasoning")[0] == 503
+        assert wait_for(lambda: b.upstreams()["routes"]["spark"]["circuit"] == "open", 2)
+        sims["spark"].configure(fault="none", ttft=1.5)  # healed, and the trial takes a while
+        assert wait_for(lambda: a.upstreams()["routes"]["spark"]["circuit"] == "half_open"
+                        and b.upstreams()["routes"]["spark"]["circuit"] == "half_open", 5)
+        before = sims["spark"].requests
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda i: ask((a, b)[i % 2].url, "homelab/reasoning"), range(6)))
+        assert sims["spark"].requests - before == 1, results  # one trial, lab-wide; the rest refused at once
+        assert sorted(s for s, _ in results) == [200, 503, 503, 503, 503, 503]
+        assert wait_for(lambda: a.upstreams()["routes"]["spark"]["circuit"] == "closed"
+                        and b.upstreams()["routes"]["spark"]["circuit"] == "closed", 2)
     finally:
         a.stop()
         b.stop()
