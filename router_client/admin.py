@@ -54,11 +54,15 @@ class AdminClient:
 
     async def upstreams(self) -> dict[str, dict[str, Any]]:
         """Every route's live state (health, load, circuit, drain, poisoning, capabilities)."""
-        data = await self.call("GET", "/admin/upstreams")
-        routes = data.get("routes") if isinstance(data, dict) else None
-        if not isinstance(routes, dict):
-            raise RouterUnavailable("/admin/upstreams: the answer has no routes")
+        routes: dict[str, dict[str, Any]] = (await self.upstreams_doc())["routes"]
         return routes
+
+    async def upstreams_doc(self) -> dict[str, Any]:
+        """``/admin/upstreams`` whole: the routes, and with shared state ``shared_state`` and ``replicas``."""
+        data = await self.call("GET", "/admin/upstreams")
+        if not isinstance(data, dict) or not isinstance(data.get("routes"), dict):
+            raise RouterUnavailable("/admin/upstreams: the answer has no routes")
+        return data
 
     async def stats(self) -> dict[str, Any]:
         """``/stats``: everything with the token, counts only without."""

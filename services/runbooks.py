@@ -186,7 +186,12 @@ def run(a: argparse.Namespace) -> int:
         return code
 
     async def routes(c: AdminClient) -> dict[str, Any]:
-        return await c.upstreams()
+        doc = await c.upstreams_doc()
+        if doc.get("shared_state") is not None:  # routers that share the lab's books: say how that is first
+            print(f"shared state: {doc['shared_state']}; {doc.get('replicas')} replicas (this one: "
+                  f"{doc.get('replica')})")
+        routes: dict[str, Any] = doc["routes"]
+        return routes
 
     code, data = _admin(a, routes)
     if code == 0:

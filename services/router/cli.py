@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -139,6 +141,8 @@ def worker_app() -> FastAPI:
     """One worker of ``--workers N`` (uvicorn calls this in each worker process)."""
     level, _, fmt = os.environ.get(WORKER_LOG, "info").partition(" ")
     setup_logging(level, fmt or None)
+    # `kill -USR2 <worker>` writes every thread's stack to stderr: what a stuck worker is doing
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     settings = RouterSettings.from_env(Path(os.environ[WORKER_POLICY]))
     settings.host = os.environ.get(WORKER_HOST, settings.host)
     return create_app(settings)

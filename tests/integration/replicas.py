@@ -4,6 +4,7 @@ and start again)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -102,7 +103,7 @@ class Replica:
         return f"http://127.0.0.1:{self.port}"
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+        return self.log.read_text(errors="replace")[-12000:]
 
     def wait_ready(self, seconds: float = 30) -> Replica:
         def ready() -> bool:
@@ -135,9 +136,18 @@ class Replica:
             try:
                 self.proc.wait(seconds)
             except subprocess.TimeoutExpired:
+                self.dump_stacks()  # what the stuck process is doing, into its log for the failure message
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         return self.proc.returncode
+
+    def dump_stacks(self) -> None:
+        """Every worker's stacks into the log (``--workers`` registers SIGUSR2 with faulthandler)."""
+        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        for pid in children.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGUSR2)
+        time.sleep(1.0)
 
     def kill(self) -> None:
         """SIGKILL, the whole process group (every worker): no chance to give anything back."""

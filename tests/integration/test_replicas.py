@@ -53,6 +53,7 @@ def lab_policy(tmp_path: Path, sims: dict[str, SimUpstream], *, cap: int = 3, co
                redis_url: str | None = None) -> tuple[Path, dict[str, Any]]:
     data = policy_for(sims, shared_state={"lease_seconds": 3, **({"redis_url": redis_url} if redis_url else {})})
     data["routes"][CODE]["max_concurrency"] = cap
+    data["routes"]["spark"]["max_concurrency"] = 24  # where spills end: room for every request of these tests
     data["health"]["circuit_cooldown"] = cooldown
     for route in data["routes"].values():  # slow answers and long streams are the point here
         route.update(first_token_timeout=20.0, stream_idle_timeout=20.0, request_timeout=60.0)
@@ -93,6 +94,10 @@ def test_a_cap_of_3_is_3_whichever_replica_took_the_request(sims: dict[str, SimU
         # every slot came back, lab-wide, seen from either replica
         assert wait_for(lambda: in_flight(a) == 0 and in_flight(b) == 0, 5)
         assert a.upstreams()["shared_state"] == "ok"
+        shown = subprocess.run([sys.executable, "-m", "services.cli", "upstreams", "--router", b.url + "/v1",
+                                "--token", ADMIN_TOKEN], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.startswith("shared state: ok; 2 replicas"), shown.stdout
         # one prober for the lab: the leader probes, the other reads its results
         assert [a.upstreams()["prober"], b.upstreams()["prober"]].count(True) == 1
         before = sims[CODE].probes
@@ -264,7 +269,7 @@ def test_redis_away_and_back_under_load_fails_no_request_and_caps_hold(
                                cwd=tmp_path, capture_output=True, text=True, timeout=60,
                                env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
                                     "HOMELAB_ADMIN_TOKEN": ADMIN_TOKEN, "HOMELAB_MQTT_URL": "mqtt://127.0.0.1:9"})
-        assert shown.returncode == 1, shown.stdout + shown.stderr
+        assert shown.returncode != 0, shown.stdout + shown.stderr  # 2 here: no broker either, so "cannot tell"
         assert "! router: shared state: redis unreachable" in shown.stdout and "DEGRADED" in shown.stdout, shown.stdout
         metrics = httpx.get(a.url + "/metrics", timeout=5).text
         assert "homelab_router_shared_state{" in metrics and "} 0.0" in _line(metrics, "homelab_router_shared_state{")
@@ -356,7 +361,9 @@ def test_a_rolling_restart_under_streaming_load_fails_no_request(sims: dict[str,
         def replaced() -> bool:
             return not before & {w.upstreams()["replica"] for _ in range(12)}
 
-        assert wait_for(replaced, 60, every=0.5), w.output()
+        if not wait_for(replaced, 60, every=0.5):
+            w.dump_stacks()
+            raise AssertionError(w.output())
         time.sleep(1.5)
         load.finish()
     finally:
@@ -365,4 +372,5 @@ def test_a_rolling_restart_under_streaming_load_fails_no_request(sims: dict[str,
         w.stop()
     assert load.errors == [], load.errors[:5]
     assert len(load.results) >= 20
-    assert all(text for _, text in load.results)  # every stream ended with its answer, none cut
+    answers = {text for _, text in load.results}
+    assert len(answers) == 1 and len(next(iter(answers)).split()) >= 20, answers  # every one whole, none cut
