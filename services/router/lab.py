@@ -52,30 +52,38 @@ SYNC_EVERY = 0.5  # seconds between two reads of the lab's route state and polic
 RECONNECT_EVERY = 0.5  # seconds between two tries while Redis is away
 OP_TIMEOUT = 0.5  # a Redis call slower than this counts as Redis being away
 
-# KEYS: slots, trial. ARGV: lease id, lease ms, cap, limit (the cap less slots reserved for others),
-# want the trial (1/0). Returns {verdict, count}: 1 taken, 2 taken as the trial, 0 saturated,
-# -1 reserved, -2 another replica's trial is in flight.
+# The takes of one batch (every request that asked while the previous call was on the wire), in order.
+# KEYS: (slots, trial) per take. ARGV: lease ms, then (lease id, cap, limit — the cap less slots reserved
+# for others —, want the trial 1/0) per take. Returns a verdict per take: 1 taken, 2 taken as the trial,
+# 0 saturated, -1 reserved, -2 another replica's trial is in flight.
 TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local n = redis.call('ZCARD', KEYS[1])
-if n >= tonumber(ARGV[3]) then return {0, n} end
-if n >= tonumber(ARGV[4]) then return {-1, n} end
-local verdict = 1
-if ARGV[5] == '1' then
-  if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {-2, n} end
-  verdict = 2
+local lease = tonumber(ARGV[1])
+local out = {}
+for i = 1, #KEYS / 2 do
+  local slots, trial, a = KEYS[2 * i - 1], KEYS[2 * i], 4 * i - 2
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  local n = redis.call('ZCARD', slots)
+  local verdict = 1
+  if n >= tonumber(ARGV[a + 1]) then verdict = 0
+  elseif n >= tonumber(ARGV[a + 2]) then verdict = -1
+  elseif ARGV[a + 3] == '1' then
+    if redis.call('SET', trial, ARGV[a], 'NX', 'PX', lease) then verdict = 2 else verdict = -2 end
+  end
+  if verdict > 0 then redis.call('ZADD', slots, now + lease, ARGV[a]) end
+  out[i] = verdict
 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-return {verdict, n + 1}
+return out
 """
 
-# KEYS: slots, trial. ARGV: lease id.
+# The gives of one batch. KEYS: (slots, trial) per lease. ARGV: the lease ids.
 GIVE = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-return 1
+for i = 1, #ARGV do
+  redis.call('ZREM', KEYS[2 * i - 1], ARGV[i])
+  if redis.call('GET', KEYS[2 * i]) == ARGV[i] then redis.call('DEL', KEYS[2 * i]) end
+end
+return #ARGV
 """
 
 # KEYS: replicas, leader, then (slots, trial) per held lease. ARGV: lease ms, replica id, leader wanted
@@ -181,6 +189,10 @@ class LabState:
         self._lost: set[tuple[str, str]] = set()  # leases given back while Redis was away: gone at rejoin
         self._pending: dict[str, dict[Any, str]] = {}  # route fields written while Redis was away
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._takes: list[tuple[Lease, int, int, asyncio.Future[int]]] = []  # waiting for the next batch
+        self._taking = False
+        self._gives: list[Lease] = []
+        self._giving = False
         self._policy_pending: tuple[str, str] | None = None  # a policy to publish when Redis is back
         self.on_policy: Callable[[str, str], None] | None = None  # (version, text) of a newer shared policy
         self.shared_policy: str | None = None  # the version the lab has in force
@@ -224,24 +236,62 @@ class LabState:
     # ---- slots ------------------------------------------------------------------------------
 
     async def take(self, route: str, cap: int, limit: int, trial: bool) -> Lease | Verdict | None:
-        """A lease on one of ``route``'s slots, why not, or None when Redis did not answer."""
+        """A lease on one of ``route``'s slots, why not, or None when Redis did not answer.
+
+        Takes are sent in batches, one call on the wire at a time: every take that asks while a call
+        is out goes in the next one (one round trip for one request alone; many under load)."""
         lease = Lease(f"{self.id}:{next(self._ids)}", route, trial)
+        answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._takes.append((lease, cap, limit, answer))
+        if not self._taking:
+            self._taking = True
+            self._spawn(self._send_takes())
         try:
-            verdict, _ = await self._take(keys=[self._slots(route), self._trial(route)],
-                                          args=[lease.id, self.lease_ms, cap, limit, int(trial)])
-        except (RedisError, OSError) as exc:
-            self._lost.add((route, lease.id))  # the call may have taken it before its answer was lost
-            self._lost_link(exc)
-            return None
+            verdict = await asyncio.shield(answer)
+        except (RedisError, OSError):
+            return None  # the link is down (the batch said so); the replica goes on alone
+        except asyncio.CancelledError:
+            # the request left while its take was on the wire: a slot it got goes back
+            answer.add_done_callback(lambda f: self._abandoned(lease, f))
+            raise
         if verdict == 0:
             return "saturated"
         if verdict == -1:
             return "reserved"
-        if verdict == -2:
+        if verdict < 0:
             return "down"
         lease.trial = verdict == 2
         self.held[lease.id] = lease
         return lease
+
+    def _abandoned(self, lease: Lease, answer: asyncio.Future[int]) -> None:
+        if not answer.cancelled() and answer.exception() is None and answer.result() > 0:
+            self.held[lease.id] = lease
+            self.give(lease)
+
+    async def _send_takes(self) -> None:
+        try:
+            while self._takes:
+                batch, self._takes = self._takes, []
+                keys: list[str] = []
+                args: list[Any] = [self.lease_ms]
+                for lease, cap, limit, _ in batch:
+                    keys += [self._slots(lease.route), self._trial(lease.route)]
+                    args += [lease.id, cap, limit, int(lease.trial)]
+                try:
+                    verdicts = await self._take(keys=keys, args=args)
+                except (RedisError, OSError) as exc:
+                    for lease, _, _, answer in batch:
+                        self._lost.add((lease.route, lease.id))  # taken, perhaps, before the answer was lost
+                        if not answer.done():
+                            answer.set_exception(exc)
+                    self._lost_link(exc)
+                    continue
+                for (_, _, _, answer), verdict in zip(batch, verdicts, strict=True):
+                    if not answer.done():
+                        answer.set_result(int(verdict))
+        finally:
+            self._taking = False
 
     def local(self, route: str, trial: bool) -> Lease:
         """A slot taken while Redis is away: written to the lab's books when it is back."""
@@ -250,20 +300,29 @@ class LabState:
         return lease
 
     def give(self, lease: Lease) -> None:
-        """Give a lease back (in the background: the request that held it does not wait)."""
+        """Give a lease back (in the background, in batches: the request that held it does not wait)."""
         if self.held.pop(lease.id, None) is None:
             return
-        self._spawn(self._give_back(lease))
-
-    async def _give_back(self, lease: Lease) -> None:
         if not self.ok:
             self._lost.add((lease.route, lease.id))
             return
+        self._gives.append(lease)
+        if not self._giving:
+            self._giving = True
+            self._spawn(self._send_gives())
+
+    async def _send_gives(self) -> None:
         try:
-            await self._give(keys=[self._slots(lease.route), self._trial(lease.route)], args=[lease.id])
-        except (RedisError, OSError) as exc:
-            self._lost.add((lease.route, lease.id))
-            self._lost_link(exc)
+            while self._gives:
+                batch, self._gives = self._gives, []
+                keys = [k for lease in batch for k in (self._slots(lease.route), self._trial(lease.route))]
+                try:
+                    await self._give(keys=keys, args=[lease.id for lease in batch])
+                except (RedisError, OSError) as exc:
+                    self._lost.update((lease.route, lease.id) for lease in batch)
+                    self._lost_link(exc)
+        finally:
+            self._giving = False
 
     # ---- route state -----------------------------------------------------------------------
 
