@@ -247,13 +247,9 @@ class LabState:
             self._taking = True
             self._spawn(self._send_takes())
         try:
-            verdict = await asyncio.shield(answer)
+            verdict = await answer  # a request that leaves meanwhile cancels it: _send_takes gives it back
         except (RedisError, OSError):
             return None  # the link is down (the batch said so); the replica goes on alone
-        except asyncio.CancelledError:
-            # the request left while its take was on the wire: a slot it got goes back
-            answer.add_done_callback(lambda f: self._abandoned(lease, f))
-            raise
         if verdict == 0:
             return "saturated"
         if verdict == -1:
@@ -263,11 +259,6 @@ class LabState:
         lease.trial = verdict == 2
         self.held[lease.id] = lease
         return lease
-
-    def _abandoned(self, lease: Lease, answer: asyncio.Future[int]) -> None:
-        if not answer.cancelled() and answer.exception() is None and answer.result() > 0:
-            self.held[lease.id] = lease
-            self.give(lease)
 
     async def _send_takes(self) -> None:
         try:
@@ -287,9 +278,12 @@ class LabState:
                             answer.set_exception(exc)
                     self._lost_link(exc)
                     continue
-                for (_, _, _, answer), verdict in zip(batch, verdicts, strict=True):
+                for (lease, _, _, answer), verdict in zip(batch, verdicts, strict=True):
                     if not answer.done():
                         answer.set_result(int(verdict))
+                    elif int(verdict) > 0:  # its request left while the take was on the wire: give it back
+                        self.held[lease.id] = lease
+                        self.give(lease)
         finally:
             self._taking = False
 
