@@ -51,6 +51,9 @@ PREFIX = "homelab:router:"
 SYNC_EVERY = 0.5  # seconds between two reads of the lab's route state and policy version
 RECONNECT_EVERY = 0.5  # seconds between two tries while Redis is away
 OP_TIMEOUT = 0.5  # a Redis call slower than this counts as Redis being away
+# after Redis is back, each replica also keeps to its share this long: every other replica has tried to
+# reconnect (RECONNECT_EVERY) and written its held slots back by then
+SETTLE = 2 * RECONNECT_EVERY + 2 * OP_TIMEOUT + 0.5
 
 # The takes of one batch (every request that asked while the previous call was on the wire), in order.
 # KEYS: (slots, trial) per take. ARGV: lease ms, then (lease id, cap, limit — the cap less slots reserved
@@ -193,6 +196,7 @@ class LabState:
         self._taking = False
         self._gives: list[Lease] = []
         self._giving = False
+        self._rejoined_at = -SETTLE
         self._policy_pending: tuple[str, str] | None = None  # a policy to publish when Redis is back
         self.on_policy: Callable[[str, str], None] | None = None  # (version, text) of a newer shared policy
         self.shared_policy: str | None = None  # the version the lab has in force
@@ -228,6 +232,12 @@ class LabState:
         self.ok = False
         self.problem = f"{type(exc).__name__}: {exc}"[:200]
         self.leader = False
+
+    @property
+    def settling(self) -> bool:
+        """Just back after Redis was away: the other replicas may not have written their slots back yet,
+        so for a moment a take must fit this replica's share as well as the lab's count."""
+        return time.monotonic() - self._rejoined_at < SETTLE
 
     def share(self, cap: int) -> int:
         """This replica's part of a cap while it cannot see the others."""
@@ -440,6 +450,9 @@ class LabState:
     async def rejoin(self) -> None:
         try:
             await self.redis.ping()
+            back = not self.ok and self.problem != "not connected yet"
+            if back:
+                self._rejoined_at = time.monotonic()  # settling: see renew() and slots.take
             await self.renew()  # the leases held (some taken meanwhile) are in the lab's books again
             if self._lost:
                 async with self.redis.pipeline(transaction=False) as p:
@@ -460,7 +473,7 @@ class LabState:
         except (RedisError, OSError) as exc:
             self.problem = f"{type(exc).__name__}: {exc}"[:200]
             return
-        if not self.ok and self.problem != "not connected yet":
+        if back:
             log.warning("shared state: Redis at %s is back; %d replicas share the lab's books", self._where(),
                         self.replicas)
         elif not self.ok:
@@ -477,7 +490,9 @@ class LabState:
             keys += [self._slots(lease.route), self._trial(lease.route)]
             args += [lease.id, int(lease.trial)]
         replicas, leader = await self._renew(keys=keys, args=args)
-        self.replicas = max(1, int(replicas))
+        alive = max(1, int(replicas))
+        # settling after an outage (a restarted Redis knows nobody yet): the others are not counted yet
+        self.replicas = max(alive, self.replicas) if self.settling else alive
         if bool(leader) != self.leader:
             log.info("shared state: this replica %s the lab's prober", "is now" if leader else "is no longer")
         self.leader = bool(leader)

@@ -5,8 +5,9 @@ it back exactly once.
 
 Alone, the check and the take happen with no ``await`` between them, so two requests can never both
 see the last free slot. When replicas share the lab's books (``shared_state:``), the count is the
-lab's: one Lua call on Redis checks the cap and takes a lease (:mod:`services.router.lab`); while
-Redis is away the replica counts alone, against its share of the cap.
+lab's: one Lua call on Redis checks the cap and takes a lease (:mod:`services.router.lab`), and the
+slot is counted here while that call is out (a check meanwhile sees it); while Redis is away the
+replica counts alone, against its share of the cap.
 """
 
 from __future__ import annotations
@@ -42,11 +43,18 @@ async def take(name: str, route: Route, st: RouteState, *, pinned: bool = False,
     """A slot on ``route`` for this request, or why it may not have one now."""
     lab = st.lab
     if lab is not None and lab.ok:
-        skip = admission(name, route, st, pinned=pinned, has_image=has_image, cooldown=cooldown, who=who, cap=0)
+        # the lab's books count; just after Redis came back, this replica's share must fit too
+        mine = lab.share(route.max_concurrency) if lab.settling else 0
+        skip = admission(name, route, st, pinned=pinned, has_image=has_image, cooldown=cooldown, who=who, cap=mine)
         if skip is not None:
             return skip
         cap = route.max_concurrency
-        got = await lab.take(name, cap, cap - reserved_for_others(route, who), st.circuit == "half_open")
+        # counted here while the lab's books are asked, so the checks of requests arriving meanwhile see it
+        st.in_flight += 1
+        try:
+            got = await lab.take(name, cap, cap - reserved_for_others(route, who), st.circuit == "half_open")
+        finally:
+            st.in_flight -= 1
         if isinstance(got, Lease):
             return Slot(st, st.take(got.trial), got)
         if got is not None:
