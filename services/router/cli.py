@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from services.router.app import RouterSettings, compile_policy, create_app
 from services.router.decide import AUTO
+from services.router.draining import DrainingHttpTools
 from services.router.errors import PolicyError, RequestError
 from services.router.policy import load_policy
 from services.router.service import policy_from_file
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             "(homelab client add NAME makes a key)", a.host)
     if a.access_log:
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
-    uvicorn.run(app, host=a.host, port=a.port, loop="uvloop", http="httptools", access_log=a.access_log,
+    uvicorn.run(app, host=a.host, port=a.port, loop="uvloop", http=DrainingHttpTools, access_log=a.access_log,
                 log_level="warning", timeout_keep_alive=75, log_config=None)
     return 0
 
@@ -127,7 +128,7 @@ def _workers(a: argparse.Namespace, settings: RouterSettings) -> int:
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     try:
         uvicorn.run("services.router.cli:worker_app", factory=True, workers=a.workers, host=a.host, port=a.port,
-                    loop="uvloop", http="httptools", access_log=a.access_log, log_level="warning",
+                    loop="uvloop", http=DrainingHttpTools, access_log=a.access_log, log_level="warning",
                     timeout_keep_alive=75, log_config=None, timeout_worker_healthcheck=30)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -214,9 +214,10 @@ def _quietly(url: str) -> None:
 class Load:
     """Clients asking both replicas continuously (each thread a client with its own connection)."""
 
-    def __init__(self, urls: list[str], threads: int = 6, stream: bool = False) -> None:
+    def __init__(self, urls: list[str], threads: int = 6, stream: bool = False, model: str = "homelab/code") -> None:
         self.urls = urls
         self.stream = stream
+        self.model = model
         self.stop = threading.Event()
         self.results: list[tuple[int, str]] = []
         self.errors: list[str] = []
@@ -232,14 +233,14 @@ class Load:
                 if self.stream:
                     text = ""
                     for chunk in client.chat.completions.create(
-                            model="homelab/code", stream=True,
+                            model=self.model, stream=True,
                             messages=[{"role": "user", "content": "write a function"}]):
                         if chunk.choices and chunk.choices[0].delta.content:
                             text += chunk.choices[0].delta.content
                     self.results.append((200, text))
                 else:
                     r = client.chat.completions.with_raw_response.create(
-                        model="homelab/code", messages=[{"role": "user", "content": "write a function"}])
+                        model=self.model, messages=[{"role": "user", "content": "write a function"}])
                     self.results.append((r.http_response.status_code, r.headers.get("X-Homelab-Route", "")))
             except Exception as exc:  # every failure is a finding: recorded, the client goes on
                 self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -348,33 +349,41 @@ def test_workers_without_shared_state_refuse_to_start_and_say_why(sims: dict[str
     assert "shared_state" in proc.stderr and "HOMELAB_REDIS_URL" in proc.stderr, proc.stderr
 
 
-def test_a_rolling_restart_under_streaming_load_fails_no_request(sims: dict[str, SimUpstream],
-                                                                 redis: RedisServer, tmp_path: Path) -> None:
+def test_rolling_restarts_under_streaming_and_json_load_fail_no_request(sims: dict[str, SimUpstream],
+                                                                        redis: RedisServer, tmp_path: Path) -> None:
+    """Two rolling restarts (SIGHUP) under streams and back-to-back JSON requests on keep-alive
+    connections, the openai SDK with its retries off: a worker told to stop finishes its streams, and an
+    idle keep-alive connection is not cut under a request already on its way."""
     sims[CODE].configure(per_token=0.05, words=20)  # each stream ~1 s
+    sims["win-5090"].configure(ttft=0.0)
     policy, _ = lab_policy(tmp_path, sims, cap=8, redis_url=redis.url)
     w = Replica(tmp_path, policy, redis_url=None, workers=2, name="rolling")
-    load: Load | None = None
+    streams: Load | None = None
+    quick: Load | None = None
     try:
         w.wait_ready()
         assert wait_for(lambda: w.upstreams()["replicas"] == 2, 10)
-        before = {w.upstreams()["replica"] for _ in range(20)}
-        load = Load([w.url], threads=6, stream=True)
-        time.sleep(1.5)
-        w.proc.send_signal(signal.SIGHUP)  # uvicorn's supervisor: a new worker in service before an old one stops
+        streams = Load([w.url], threads=4, stream=True)
+        quick = Load([w.url], threads=4, model="homelab/chat")  # ~ms answers: connections idle only briefly
+        time.sleep(1.0)
+        for _ in range(2):
+            before = {w.upstreams()["replica"] for _ in range(20)}
+            w.proc.send_signal(signal.SIGHUP)  # uvicorn's supervisor: a new worker in service before an old stops
 
-        def replaced() -> bool:
-            return not before & {w.upstreams()["replica"] for _ in range(12)}
+            def replaced(before: set[str] = before) -> bool:
+                return not before & {w.upstreams()["replica"] for _ in range(12)}
 
-        if not wait_for(replaced, 60, every=0.5):
-            w.dump_stacks()
-            raise AssertionError(w.output())
-        time.sleep(1.5)
-        load.finish()
+            if not wait_for(replaced, 60, every=0.5):
+                w.dump_stacks()
+                raise AssertionError(w.output())
+        time.sleep(1.0)
     finally:
-        if load is not None:
-            load.finish()
+        for load in (streams, quick):
+            if load is not None:
+                load.finish()
         w.stop()
-    assert load.errors == [], load.errors[:5]
-    assert len(load.results) >= 20
-    answers = {text for _, text in load.results}
+    assert streams is not None and quick is not None
+    assert streams.errors == [] and quick.errors == [], (streams.errors[:3], quick.errors[:3])
+    assert len(streams.results) >= 20 and len(quick.results) >= 200, (len(streams.results), len(quick.results))
+    answers = {text for _, text in streams.results}
     assert len(answers) == 1 and len(next(iter(answers)).split()) >= 20, answers  # every one whole, none cut
