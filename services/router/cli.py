@@ -16,10 +16,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.router.app import RouterSettings, compile_policy, create_app
+from services.router.clients import open_to_network
 from services.router.decide import AUTO
 from services.router.draining import DrainingHttpTools
 from services.router.errors import PolicyError, RequestError
-from services.router.policy import load_policy
+from services.router.policy import Policy, load_policy
 from services.router.service import policy_from_file
 from shared.jsonl import check_writable
 from shared.logs import FORMATS, setup_logging
@@ -91,15 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"homelab-router: {exc.strerror or exc} (set HOMELAB_LOG_DIR to a writable folder)", file=sys.stderr)
         return 2
-    if app.state.svc.open_to_network:
-        logging.getLogger("homelab.router").warning(
-            "listening on %s with no clients: in the policy: anyone who reaches it may use the lab "
-            "(homelab client add NAME makes a key)", a.host)
+    _warn_if_open(a.host, app.state.svc.policy)
     if a.access_log:
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     uvicorn.run(app, host=a.host, port=a.port, loop="uvloop", http=DrainingHttpTools, access_log=a.access_log,
                 log_level="warning", timeout_keep_alive=75, log_config=None)
     return 0
+
+
+def _warn_if_open(host: str, policy: Policy) -> None:
+    if open_to_network(host, policy):
+        logging.getLogger("homelab.router").warning(
+            "listening on %s with no clients: in the policy: anyone who reaches it may use the lab "
+            "(homelab client add NAME makes a key)", host)
 
 
 def _workers(a: argparse.Namespace, settings: RouterSettings) -> int:
@@ -115,6 +120,7 @@ def _workers(a: argparse.Namespace, settings: RouterSettings) -> int:
               "and the policy: set shared_state: {redis_url: redis://127.0.0.1:6379/0} in the policy "
               f"({settings.policy_path}) or HOMELAB_REDIS_URL", file=sys.stderr)
         return 2
+    _warn_if_open(a.host, policy)
     metrics_dir = tempfile.mkdtemp(prefix="homelab-router-metrics-")
     os.environ.update({
         WORKER_POLICY: str(settings.policy_path.resolve()), WORKER_HOST: a.host,
